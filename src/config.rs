@@ -1,0 +1,151 @@
+//! Environment → `Config`: the one place that reads `WEARLINK_*` variables.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::providers::ProviderUrls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+/// Everything the service needs to start. Tests build one by hand with [`Config::new`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub bind: SocketAddr,
+    /// Public base URL (the spec's `APP_BASE_URL`): callbacks are `<base>/v1/wearables/<slug>/callback`.
+    pub base_url: Url,
+    pub database_url: String,
+    /// Where the embedded database and a generated master key live.
+    pub data_dir: PathBuf,
+    /// Base64 of 32 bytes. `None` means: use (or create) `<data_dir>/master.key`.
+    pub master_key: Option<String>,
+    /// Older master keys, still accepted for decryption so the key can be rotated.
+    pub previous_master_keys: Vec<String>,
+    /// Per-provider URL overrides, by slug (`WEARLINK_PROVIDER_<SLUG>_{AUTHORIZE,TOKEN,API}_URL`).
+    pub provider_urls: HashMap<String, ProviderUrls>,
+    /// Timeout of every outbound call to a provider.
+    pub provider_timeout: Duration,
+    /// How long a connect `state` stays valid.
+    pub state_ttl: Duration,
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Defaults for everything; `base_url` derived from `bind`.
+    pub fn new(bind: SocketAddr, database_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bind,
+            base_url: base_url_for(bind),
+            database_url: database_url.into(),
+            data_dir: data_dir.into(),
+            master_key: None,
+            previous_master_keys: Vec::new(),
+            provider_urls: HashMap::new(),
+            provider_timeout: Duration::from_secs(10),
+            state_ttl: Duration::from_secs(600),
+            log_json: false,
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Reads configuration through `var`, so tests can feed a map instead of the process environment.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let bind: SocketAddr = parse_var(&var, "WEARLINK_BIND", "127.0.0.1:8080")?;
+        let data_dir = PathBuf::from(var("WEARLINK_DATA_DIR").unwrap_or_else(|| "wearlink-data".into()));
+        let database_url =
+            var("WEARLINK_DATABASE_URL").unwrap_or_else(|| format!("sqlite://{}/wearlink.db", data_dir.display()));
+        let mut config = Config::new(bind, database_url, data_dir);
+        if let Some(base) = var("WEARLINK_BASE_URL") {
+            config.base_url = parse_url("WEARLINK_BASE_URL", &base)?;
+        }
+        config.master_key = var("WEARLINK_MASTER_KEY");
+        config.previous_master_keys = var("WEARLINK_MASTER_KEY_PREVIOUS")
+            .map(|v| v.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
+            .unwrap_or_default();
+        config.provider_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_PROVIDER_TIMEOUT_MS", "10000")?);
+        config.state_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_STATE_TTL_SECS", "600")?);
+        config.log_json = var("WEARLINK_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+        for slug in crate::providers::SLUGS {
+            let upper = slug.to_ascii_uppercase();
+            let mut urls = ProviderUrls::default();
+            for (field, suffix) in
+                [(&mut urls.authorize, "AUTHORIZE_URL"), (&mut urls.token, "TOKEN_URL"), (&mut urls.api, "API_URL")]
+            {
+                let name = format!("WEARLINK_PROVIDER_{upper}_{suffix}");
+                if let Some(value) = var(&name) {
+                    *field = Some(parse_url(&name, &value)?);
+                }
+            }
+            config.provider_urls.insert(slug.to_string(), urls);
+        }
+        Ok(config)
+    }
+}
+
+/// `http://<bind>`, with an unspecified address (0.0.0.0) shown as localhost.
+pub fn base_url_for(bind: SocketAddr) -> Url {
+    let host = if bind.ip().is_unspecified() { "localhost".to_string() } else { bind.ip().to_string() };
+    let host = if bind.is_ipv6() && !bind.ip().is_unspecified() { format!("[{host}]") } else { host };
+    Url::parse(&format!("http://{host}:{}", bind.port())).expect("a socket address makes a valid URL")
+}
+
+fn parse_var<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: &str,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let raw = var(name).unwrap_or_else(|| default.to_string());
+    raw.parse().map_err(|e: T::Err| ConfigError::Invalid { name: name.into(), reason: e.to_string() })
+}
+
+fn parse_url(name: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::Invalid { name: name.into(), reason: e.to_string() })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid { name: name.into(), reason: "must be an http(s) URL".into() });
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_readme() {
+        let config = Config::from_vars(|_| None).unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.base_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(config.database_url, "sqlite://wearlink-data/wearlink.db");
+        assert_eq!(config.state_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn provider_urls_are_overridable() {
+        let config = Config::from_vars(|name| {
+            (name == "WEARLINK_PROVIDER_STRAVA_TOKEN_URL").then(|| "http://127.0.0.1:9/token".to_string())
+        })
+        .unwrap();
+        let strava = &config.provider_urls["strava"];
+        assert_eq!(strava.token.as_ref().unwrap().as_str(), "http://127.0.0.1:9/token");
+        assert!(strava.authorize.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let err = Config::from_vars(|name| (name == "WEARLINK_BIND").then(|| "nope".to_string())).unwrap_err();
+        assert!(err.to_string().contains("WEARLINK_BIND"));
+    }
+}

@@ -1,0 +1,337 @@
+//! The connect flow, without HTTP: `start` makes a state and the provider's authorization URL;
+//! `finish` consumes the state, exchanges the code and persists the connection as an Endpoint.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+use url::Url;
+
+use crate::crypto::{random_token, sha256_hex};
+use crate::error::{Error, Result};
+use crate::fhir::{self, EndpointFacts};
+use crate::projects::{self, Principal};
+use crate::providers::{Provider, ProviderError, TokenSet};
+use crate::store::{ConnectionRecord, OAuthStateRecord, StoreError};
+use crate::time::now_ms;
+use crate::Services;
+
+/// 256 bits from the OS CSPRNG.
+const STATE_BYTES: usize = 32;
+
+pub struct ConnectRequest {
+    pub patient_id: String,
+    pub redirect_uri: Option<String>,
+}
+
+pub struct ConnectStart {
+    pub provider: String,
+    pub authorization_url: Url,
+    pub state: String,
+}
+
+fn provider(services: &Services, slug: &str) -> Result<Arc<dyn Provider>> {
+    services.providers.get(slug).cloned().ok_or_else(|| Error::NotFound(format!("provider {slug}")))
+}
+
+/// Our callback for a provider, as registered at the provider.
+pub fn callback_url(services: &Services, slug: &str) -> Url {
+    let base = services.config.base_url.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}/v1/wearables/{slug}/callback")).expect("base URL plus a path is a URL")
+}
+
+/// A FHIR id: 1–64 of `[A-Za-z0-9-.]`.
+pub fn is_fhir_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// An absolute http(s) URL without user info.
+fn parse_redirect_uri(raw: &str) -> Result<Url> {
+    let url = Url::parse(raw).map_err(|_| Error::Invalid("redirectUri must be an absolute URL".into()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(Error::Invalid("redirectUri must be an http(s) URL".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::Invalid("redirectUri must not carry user info".into()));
+    }
+    Ok(url)
+}
+
+pub async fn start(
+    services: &Services,
+    principal: &Principal,
+    slug: &str,
+    request: ConnectRequest,
+) -> Result<ConnectStart> {
+    let provider = provider(services, slug)?;
+    if !is_fhir_id(&request.patient_id) {
+        return Err(Error::Invalid("patientId must be a FHIR id (1-64 of A-Z a-z 0-9 - .)".into()));
+    }
+    let redirect_uri = request.redirect_uri.as_deref().map(parse_redirect_uri).transpose()?;
+    let project_id = &principal.project_id;
+    if services.store.read_resource(project_id, "Patient", &request.patient_id).await?.is_none() {
+        return Err(Error::NotFound(format!("Patient/{}", request.patient_id)));
+    }
+    let access = projects::provider_access(services, project_id, provider.as_ref()).await?;
+    if !access.enabled {
+        return Err(Error::ProviderDisabled { provider: slug.into(), setting: projects::enabled_setting(slug) });
+    }
+    let credentials = projects::client_credentials(services, project_id, slug).await?;
+    if let (Some(url), Some(allowed)) = (&redirect_uri, &access.redirect_allowlist) {
+        if !allowed.contains(&url.origin()) {
+            return Err(Error::Invalid(format!("redirectUri origin is not in {}", projects::REDIRECT_ALLOWLIST)));
+        }
+    }
+
+    let state = random_token(STATE_BYTES);
+    let now = now_ms();
+    services
+        .store
+        .insert_state(&OAuthStateRecord {
+            state_hash: sha256_hex(&state),
+            project_id: project_id.clone(),
+            patient_id: request.patient_id,
+            provider: slug.into(),
+            redirect_uri: redirect_uri.map(String::from),
+            created_at: now,
+            expires_at: now + services.config.state_ttl.as_millis() as i64,
+        })
+        .await?;
+    let authorization_url = provider.authorization_url(&credentials, &callback_url(services, slug), &state);
+    Ok(ConnectStart { provider: slug.into(), authorization_url, state })
+}
+
+/// What the provider sent back to the callback.
+#[derive(Default)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    /// The scopes the user actually granted (Strava sends them).
+    pub scope: Option<String>,
+}
+
+/// Why a connection attempt with a valid state failed; the code goes into the error redirect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The user declined at the provider.
+    AccessDenied,
+    /// The provider sent another OAuth error.
+    ProviderError,
+    /// Neither a code nor an error came back.
+    InvalidRequest,
+    ProviderDisabled,
+    CredentialsMissing,
+    TokenExchangeFailed,
+    ProviderRegistrationFailed,
+    ServerError,
+}
+
+impl Failure {
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::AccessDenied => "access_denied",
+            Failure::ProviderError => "provider_error",
+            Failure::InvalidRequest => "invalid_request",
+            Failure::ProviderDisabled => "provider_disabled",
+            Failure::CredentialsMissing => "credentials_missing",
+            Failure::TokenExchangeFailed => "token_exchange_failed",
+            Failure::ProviderRegistrationFailed => "provider_registration_failed",
+            Failure::ServerError => "server_error",
+        }
+    }
+}
+
+/// The end of a connect attempt whose state was valid.
+pub struct Callback {
+    pub provider: String,
+    pub patient_id: String,
+    pub redirect_uri: Option<Url>,
+    /// The Endpoint id, or why it failed.
+    pub result: std::result::Result<String, Failure>,
+}
+
+impl Callback {
+    /// The `redirectUri` with the outcome added to its query (keeping what it had).
+    pub fn redirect_target(&self) -> Option<Url> {
+        let mut url = self.redirect_uri.clone()?;
+        let mut params: Vec<(&str, &str)> = match &self.result {
+            Ok(endpoint_id) => vec![("status", "connected"), ("endpointId", endpoint_id)],
+            Err(failure) => vec![("status", "error"), ("error", failure.code())],
+        };
+        params.extend([("provider", self.provider.as_str()), ("patientId", self.patient_id.as_str())]);
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| !["status", "error", "endpointId", "provider", "patientId"].contains(&k.as_ref()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.set_query(None);
+        url.query_pairs_mut().extend_pairs(kept).extend_pairs(params);
+        Some(url)
+    }
+}
+
+/// Consumes the state (once), then finishes the connection. A bad state is an `Error`; anything
+/// after a good state is a `Callback` (success or a failure to report through the redirect).
+pub async fn finish(services: &Services, slug: &str, params: CallbackParams) -> Result<Callback> {
+    let provider = provider(services, slug)?;
+    let state = params.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256).ok_or(Error::InvalidState)?;
+    let record = services.store.take_state(&sha256_hex(state)).await?.ok_or(Error::InvalidState)?;
+    if record.expires_at <= now_ms() || record.provider != slug {
+        return Err(Error::InvalidState);
+    }
+    let redirect_uri = record.redirect_uri.as_deref().and_then(|u| Url::parse(u).ok());
+    let result = complete(services, provider.as_ref(), &record, &params).await;
+    Ok(Callback { provider: slug.into(), patient_id: record.patient_id, redirect_uri, result })
+}
+
+async fn complete(
+    services: &Services,
+    provider: &dyn Provider,
+    state: &OAuthStateRecord,
+    params: &CallbackParams,
+) -> std::result::Result<String, Failure> {
+    let slug = provider.slug();
+    if let Some(error) = &params.error {
+        tracing::info!(provider = slug, "user did not approve the connection");
+        return Err(if error == "access_denied" { Failure::AccessDenied } else { Failure::ProviderError });
+    }
+    let code = params.code.as_deref().filter(|c| !c.is_empty()).ok_or(Failure::InvalidRequest)?;
+    // Settings may have changed since connect.
+    match projects::provider_access(services, &state.project_id, provider).await {
+        Ok(access) if access.enabled => {}
+        Ok(_) => return Err(Failure::ProviderDisabled),
+        Err(e) => return Err(server_error(&e)),
+    }
+    let credentials = match projects::client_credentials(services, &state.project_id, slug).await {
+        Ok(c) => c,
+        Err(Error::CredentialsMissing { .. }) => return Err(Failure::CredentialsMissing),
+        Err(e) => return Err(server_error(&e)),
+    };
+    let callback = callback_url(services, slug);
+    let tokens = provider.exchange_code(&services.http, &credentials, code, &callback).await.map_err(|e| {
+        tracing::warn!(provider = slug, error = %e, "token exchange failed");
+        Failure::TokenExchangeFailed
+    })?;
+    let member_id = &sha256_hex(&format!("wearlink-member:{}:{}", state.project_id, state.patient_id))[..32];
+    provider.after_connect(&services.http, &tokens, member_id).await.map_err(|e: ProviderError| {
+        tracing::warn!(provider = slug, error = %e, "provider registration failed");
+        Failure::ProviderRegistrationFailed
+    })?;
+    let scopes = granted_scopes(provider, params, &tokens);
+    save(services, provider, state, &tokens, scopes).await.map_err(|e| server_error(&e))
+}
+
+fn server_error(e: &Error) -> Failure {
+    tracing::error!(error = %e, "connect callback failed on our side");
+    Failure::ServerError
+}
+
+/// The callback's `scope` when the provider sends it, else the token answer's, else what we asked for.
+fn granted_scopes(provider: &dyn Provider, params: &CallbackParams, tokens: &TokenSet) -> Vec<String> {
+    if let Some(scope) = params.scope.as_deref().filter(|s| !s.trim().is_empty()) {
+        return scope.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from).collect();
+    }
+    tokens.scopes.clone().unwrap_or_else(|| provider.scopes())
+}
+
+/// Associated data binding sealed tokens to their Endpoint.
+pub fn endpoint_owner(project_id: &str, endpoint_id: &str) -> String {
+    format!("endpoint:{project_id}:{endpoint_id}")
+}
+
+/// Writes the connection: one Endpoint per (project, patient, provider), a new version on reconnect.
+async fn save(
+    services: &Services,
+    provider: &dyn Provider,
+    state: &OAuthStateRecord,
+    tokens: &TokenSet,
+    scopes: Vec<String>,
+) -> Result<String> {
+    let secret = json!({
+        "access_token": tokens.access_token.expose_secret(),
+        "refresh_token": tokens.refresh_token.as_ref().map(|t| t.expose_secret().to_string()),
+        "token_type": tokens.token_type,
+    })
+    .to_string();
+    let identifier_system = provider.identifier_system();
+    // A concurrent first connect of the same patient may create the Endpoint between our read and
+    // write; then we adopt its id (the tokens are sealed to the id, so we seal again).
+    for _ in 0..3 {
+        let existing = services.store.find_connection(&state.project_id, &state.patient_id, provider.slug()).await?;
+        let endpoint_id = existing.map(|c| c.endpoint_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let now = now_ms();
+        let endpoint = fhir::endpoint(&EndpointFacts {
+            patient_id: &state.patient_id,
+            provider_slug: provider.slug(),
+            provider_name: provider.display_name(),
+            api_base: provider.urls().api.as_str(),
+            identifier_system: &identifier_system,
+            remote_user_id: &tokens.remote_user_id,
+            scopes: &scopes,
+            token_expires_at: tokens.expires_at,
+            status: "active",
+        });
+        let record = ConnectionRecord {
+            tokens: services.keyring.seal(secret.as_bytes(), &endpoint_owner(&state.project_id, &endpoint_id)),
+            endpoint_id,
+            project_id: state.project_id.clone(),
+            patient_id: state.patient_id.clone(),
+            provider: provider.slug().into(),
+            remote_user_id: tokens.remote_user_id.clone(),
+            scopes: scopes.clone(),
+            status: "active".into(),
+            expires_at: tokens.expires_at,
+            connected_at: now,
+            updated_at: now,
+        };
+        match services.store.save_connection(&record, endpoint).await {
+            Ok(stored) => return Ok(stored.id),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Store(StoreError::Conflict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callback(redirect: &str, result: std::result::Result<String, Failure>) -> Callback {
+        Callback {
+            provider: "strava".into(),
+            patient_id: "p1".into(),
+            redirect_uri: Some(Url::parse(redirect).unwrap()),
+            result,
+        }
+    }
+
+    #[test]
+    fn the_redirect_keeps_its_query_and_adds_the_outcome() {
+        let url = callback("https://app.example/done?tab=2&status=forged", Ok("e1".into())).redirect_target().unwrap();
+        assert_eq!(url.query(), Some("tab=2&status=connected&endpointId=e1&provider=strava&patientId=p1"));
+    }
+
+    #[test]
+    fn a_failure_redirects_with_its_code() {
+        let url = callback("https://app.example/done", Err(Failure::TokenExchangeFailed)).redirect_target().unwrap();
+        assert_eq!(url.query(), Some("status=error&error=token_exchange_failed&provider=strava&patientId=p1"));
+    }
+
+    #[test]
+    fn redirect_uris_must_be_plain_http_urls() {
+        assert!(parse_redirect_uri("https://app.example/x").is_ok());
+        assert!(parse_redirect_uri("/relative").is_err());
+        assert!(parse_redirect_uri("javascript:alert(1)").is_err());
+        assert!(parse_redirect_uri("https://user:pw@app.example/").is_err());
+    }
+
+    #[test]
+    fn fhir_ids_are_checked() {
+        assert!(is_fhir_id("a-B.9"));
+        assert!(!is_fhir_id(""));
+        assert!(!is_fhir_id("a/b"));
+        assert!(!is_fhir_id(&"x".repeat(65)));
+    }
+}

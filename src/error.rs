@@ -1,0 +1,30 @@
+//! The domain's one error type. The HTTP layer maps it to responses in `http::error`.
+
+use crate::crypto::CryptoError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing or invalid API token")]
+    Unauthenticated,
+    #[error("this action needs an admin token")]
+    Forbidden,
+    /// `what` names the missing thing ("provider foo", "Patient/123").
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A field is missing or invalid; the text says which and why.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("provider {provider} is not enabled for this project: set {setting} to true")]
+    ProviderDisabled { provider: String, setting: String },
+    #[error("provider credentials missing: set {}", keys.join(", "))]
+    CredentialsMissing { keys: Vec<String> },
+    #[error("the state is unknown, expired, already used or for another provider")]
+    InvalidState,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a stored secret could not be opened")]
+    Crypto(#[from] CryptoError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

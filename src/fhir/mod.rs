@@ -1,0 +1,151 @@
+//! The FHIR R4 resources Wearlink writes and serves: Patient (as given), Endpoint (one per
+//! connection) and searchset Bundles. A thin serde_json layer: the R4 crates are young or huge,
+//! and we only build three shapes.
+
+use serde_json::{json, Value};
+
+use crate::store::StoredResource;
+
+mod resources;
+
+pub use resources::{create_patient, endpoints_of, read};
+
+/// Base of our code systems, identifier systems and extension URLs.
+pub const BASE: &str = "https://wearlink.dev/fhir";
+
+pub fn ext_patient() -> String {
+    format!("{BASE}/StructureDefinition/endpoint-patient")
+}
+pub fn ext_scope() -> String {
+    format!("{BASE}/StructureDefinition/endpoint-granted-scope")
+}
+pub fn ext_token_expires() -> String {
+    format!("{BASE}/StructureDefinition/endpoint-token-expires-at")
+}
+pub fn provider_code_system() -> String {
+    format!("{BASE}/CodeSystem/wearable-provider")
+}
+
+/// What the Endpoint says about a connection. Token material is never part of it.
+pub struct EndpointFacts<'a> {
+    pub patient_id: &'a str,
+    pub provider_slug: &'a str,
+    pub provider_name: &'a str,
+    pub api_base: &'a str,
+    pub identifier_system: &'a str,
+    pub remote_user_id: &'a str,
+    pub scopes: &'a [String],
+    pub token_expires_at: Option<i64>,
+    pub status: &'a str,
+}
+
+/// The Endpoint body (without `id` and `meta`, which the store sets).
+pub fn endpoint(f: &EndpointFacts<'_>) -> Value {
+    let mut extension = vec![json!({
+        "url": ext_patient(),
+        "valueReference": { "reference": format!("Patient/{}", f.patient_id) }
+    })];
+    extension.extend(f.scopes.iter().map(|s| json!({ "url": ext_scope(), "valueString": s })));
+    if let Some(expires) = f.token_expires_at {
+        extension.push(json!({ "url": ext_token_expires(), "valueInstant": crate::time::to_rfc3339(expires) }));
+    }
+    json!({
+        "resourceType": "Endpoint",
+        "extension": extension,
+        "identifier": [{ "system": f.identifier_system, "value": f.remote_user_id }],
+        "status": f.status,
+        "connectionType": {
+            "system": provider_code_system(),
+            "code": f.provider_slug,
+            "display": f.provider_name
+        },
+        "name": format!("{} connection", f.provider_name),
+        "payloadType": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type",
+                "code": "any",
+                "display": "Any"
+            }],
+            "text": format!("{} API data", f.provider_name)
+        }],
+        "address": f.api_base
+    })
+}
+
+/// The Patient id an Endpoint's patient extension references, if any.
+pub fn patient_reference(body: &Value) -> Option<String> {
+    let url = ext_patient();
+    body.get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))?
+        .pointer("/valueReference/reference")?
+        .as_str()?
+        .strip_prefix("Patient/")
+        .map(String::from)
+}
+
+/// Checks what we accept as a new Patient: a JSON object with `resourceType: "Patient"`.
+/// Server-assigned fields (`id`, `meta`) are replaced, not trusted.
+pub fn validate_new_patient(mut body: Value) -> Result<Value, String> {
+    let map = body.as_object_mut().ok_or("a Patient must be a JSON object")?;
+    match map.get("resourceType").and_then(Value::as_str) {
+        Some("Patient") => {}
+        Some(other) => return Err(format!("resourceType must be Patient, not {other}")),
+        None => return Err("resourceType is required".into()),
+    }
+    map.remove("id");
+    map.remove("meta");
+    Ok(body)
+}
+
+/// A searchset Bundle of `resources`; `self_url` is the search as asked.
+pub fn searchset(self_url: &str, base_url: &str, resources: &[StoredResource]) -> Value {
+    let base = base_url.trim_end_matches('/');
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": resources.len(),
+        "link": [{ "relation": "self", "url": self_url }],
+        "entry": resources.iter().map(|r| {
+            let kind = r.body.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+            json!({
+                "fullUrl": format!("{base}/fhir/R4/{kind}/{}", r.id),
+                "resource": r.body,
+                "search": { "mode": "match" }
+            })
+        }).collect::<Vec<_>>()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_references_its_patient() {
+        let scopes = vec!["read".to_string()];
+        let body = endpoint(&EndpointFacts {
+            patient_id: "p-1",
+            provider_slug: "strava",
+            provider_name: "Strava",
+            api_base: "https://www.strava.com/api/v3",
+            identifier_system: "sys",
+            remote_user_id: "42",
+            scopes: &scopes,
+            token_expires_at: Some(0),
+            status: "active",
+        });
+        assert_eq!(patient_reference(&body).as_deref(), Some("p-1"));
+        assert_eq!(body["connectionType"]["code"], "strava");
+        assert_eq!(body["extension"][2]["valueInstant"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_patient_must_say_it_is_one() {
+        assert!(validate_new_patient(json!({"resourceType": "Observation"})).is_err());
+        assert!(validate_new_patient(json!([])).is_err());
+        let p = validate_new_patient(json!({"resourceType": "Patient", "id": "mine"})).unwrap();
+        assert!(p.get("id").is_none());
+    }
+}

@@ -1,0 +1,46 @@
+//! Project-scoped resource operations: create a Patient, read by id, search Endpoints by patient.
+
+use serde_json::Value;
+
+use super::validate_new_patient;
+use crate::store::StoredResource;
+
+/// Resource types this server serves by id.
+const READABLE: &[&str] = &["Patient", "Endpoint"];
+
+pub async fn create_patient(
+    services: &crate::Services,
+    principal: &crate::projects::Principal,
+    body: Value,
+) -> crate::Result<StoredResource> {
+    let body = validate_new_patient(body).map_err(crate::Error::Invalid)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    Ok(services.store.create_resource(&principal.project_id, "Patient", &id, body, crate::time::now_ms()).await?)
+}
+
+/// Reads a resource of the caller's project; another project's resource is simply not found.
+pub async fn read(
+    services: &crate::Services,
+    principal: &crate::projects::Principal,
+    resource_type: &str,
+    id: &str,
+) -> crate::Result<StoredResource> {
+    let not_found = || crate::Error::NotFound(format!("{resource_type}/{id}"));
+    if !READABLE.contains(&resource_type) {
+        return Err(not_found());
+    }
+    services.store.read_resource(&principal.project_id, resource_type, id).await?.ok_or_else(not_found)
+}
+
+/// Endpoints of a patient; `patient` is `Patient/<id>` or a bare id, as FHIR search allows.
+pub async fn endpoints_of(
+    services: &crate::Services,
+    principal: &crate::projects::Principal,
+    patient: &str,
+) -> crate::Result<Vec<StoredResource>> {
+    let id = patient.strip_prefix("Patient/").unwrap_or(patient);
+    if !crate::connect::is_fhir_id(id) {
+        return Err(crate::Error::Invalid("patient must be Patient/<id>".into()));
+    }
+    Ok(services.store.search_by_patient(&principal.project_id, "Endpoint", id).await?)
+}

@@ -1,0 +1,112 @@
+//! The HTTP layer's one error type, and the one place errors become responses:
+//! RFC 9457 problem details, `application/problem+json`, always the same five fields.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::connect::Failure;
+use crate::error::Error;
+use crate::store::StoreError;
+
+/// Problem details (RFC 9457). `code` is stable and meant for programs; `detail` for people.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct Problem {
+    /// `https://wearlink.dev/problems/<code>`
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Domain(#[from] Error),
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// A connect callback that failed after a valid state, with no redirectUri to report it to.
+    #[error("the connection failed: {}", .0.code())]
+    Callback(Failure),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use StatusCode as S;
+        let detail = self.to_string();
+        match self {
+            ApiError::Domain(e) => match e {
+                Error::Unauthenticated => (S::UNAUTHORIZED, "unauthorized", detail),
+                Error::Forbidden => (S::FORBIDDEN, "forbidden", detail),
+                Error::NotFound(_) => (S::NOT_FOUND, "not_found", detail),
+                Error::Invalid(_) => (S::UNPROCESSABLE_ENTITY, "validation_failed", detail),
+                Error::ProviderDisabled { .. } => (S::UNPROCESSABLE_ENTITY, "provider_disabled", detail),
+                Error::CredentialsMissing { .. } => (S::UNPROCESSABLE_ENTITY, "credentials_missing", detail),
+                Error::InvalidState => (S::BAD_REQUEST, "invalid_state", detail),
+                Error::Store(StoreError::Unavailable(_)) => {
+                    (S::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry shortly".into())
+                }
+                // Internal details go to the log, never to the caller.
+                Error::Store(_) | Error::Crypto(_) => (S::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
+            },
+            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", detail),
+            ApiError::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", detail),
+            ApiError::BadRequest(_) => (S::BAD_REQUEST, "bad_request", detail),
+            ApiError::RouteNotFound => (S::NOT_FOUND, "not_found", detail),
+            ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", detail),
+            ApiError::Callback(failure) => {
+                let status = match failure {
+                    Failure::AccessDenied | Failure::ProviderError | Failure::InvalidRequest => S::BAD_REQUEST,
+                    Failure::ProviderDisabled | Failure::CredentialsMissing => S::UNPROCESSABLE_ENTITY,
+                    Failure::TokenExchangeFailed | Failure::ProviderRegistrationFailed => S::BAD_GATEWAY,
+                    Failure::ServerError => S::INTERNAL_SERVER_ERROR,
+                };
+                (status, failure.code(), detail)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %self, code, "request failed");
+        }
+        let problem = Problem {
+            type_uri: format!("https://wearlink.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_string(),
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub async fn route_not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,105 @@
+//! The HTTP layer: routes, extractors, the error → problem+json mapping and the OpenAPI document.
+//! Handlers only translate HTTP to a domain call and back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, Request};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::Services;
+
+pub mod error;
+mod extract;
+mod fhir;
+mod project;
+mod wearables;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Wearlink", description = "Wearable-connection gateway for FHIR health platforms"),
+    modifiers(&BearerAuth),
+    components(schemas(error::Problem)),
+    tags((name = "wearables"), (name = "project"), (name = "fhir"), (name = "health"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    status: &'static str,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Every route and its OpenAPI description, from the same code.
+fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(wearables::connect))
+        .routes(routes!(wearables::callback))
+        .routes(routes!(wearables::get_credentials, wearables::put_credentials, wearables::delete_credentials))
+        .routes(routes!(project::get_settings))
+        .routes(routes!(project::put_setting))
+        .routes(routes!(project::list_secrets))
+        .routes(routes!(project::put_secret, project::delete_secret))
+        .routes(routes!(fhir::create_patient))
+        .routes(routes!(fhir::read_patient))
+        .routes(routes!(fhir::read_endpoint))
+        .routes(routes!(fhir::search_endpoints))
+        .split_for_parts()
+}
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole application: what `serve` runs and what tests drive.
+pub fn router(services: Arc<Services>) -> Router {
+    let (router, openapi) = routes();
+    let openapi = Arc::new(openapi);
+    router
+        .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
+        .layer(
+            // Spans carry the path only: queries hold OAuth codes and states.
+            TraceLayer::new_for_http()
+                .make_span_with(
+                    |req: &Request<_>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+                )
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+        .with_state(services)
+}

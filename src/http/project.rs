@@ -1,0 +1,118 @@
+//! `/v1/project/settings` and `/v1/project/secrets`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, Problem};
+use super::extract::{ApiJson, ApiPath};
+use crate::projects::{self, Principal};
+use crate::Services;
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsResponse {
+    pub project_id: String,
+    /// Toggles are booleans (`WEARABLE_STRAVA_ENABLED`); valued settings are strings.
+    #[schema(value_type = Object)]
+    pub settings: BTreeMap<String, Value>,
+}
+
+/// A toggle takes `{"enabled": bool}`; a valued setting takes `{"value": "..."}`.
+#[derive(Deserialize, ToSchema)]
+pub struct SettingBody {
+    pub enabled: Option<bool>,
+    pub value: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct SecretBody {
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretInfo {
+    pub key: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsResponse {
+    pub project_id: String,
+    pub secrets: Vec<SecretInfo>,
+}
+
+/// The project's settings.
+#[utoipa::path(get, path = "/v1/project/settings", tag = "project", security(("bearer" = [])),
+    responses((status = 200, body = SettingsResponse), (status = 401, body = Problem)))]
+pub async fn get_settings(State(s): State<Arc<Services>>, principal: Principal) -> ApiResult<Json<SettingsResponse>> {
+    let settings = projects::settings(&s, &principal).await?;
+    Ok(Json(SettingsResponse { project_id: principal.project_id, settings }))
+}
+
+/// Sets one setting (admin). Answers all settings.
+#[utoipa::path(put, path = "/v1/project/settings/{key}", tag = "project", security(("bearer" = [])),
+    params(("key" = String, Path, description = "WEARABLE_STRAVA_ENABLED, WEARABLE_POLAR_ENABLED or WEARABLE_REDIRECT_ALLOWLIST")),
+    request_body = SettingBody,
+    responses((status = 200, body = SettingsResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn put_setting(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<SettingBody>,
+) -> ApiResult<Json<SettingsResponse>> {
+    let change = projects::SettingChange { enabled: body.enabled, value: body.value };
+    let settings = projects::put_setting(&s, &principal, &key, change).await?;
+    Ok(Json(SettingsResponse { project_id: principal.project_id, settings }))
+}
+
+/// Names and update times of the project's secrets (admin); never values.
+#[utoipa::path(get, path = "/v1/project/secrets", tag = "project", security(("bearer" = [])),
+    responses((status = 200, body = SecretsResponse), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn list_secrets(State(s): State<Arc<Services>>, principal: Principal) -> ApiResult<Json<SecretsResponse>> {
+    let secrets = projects::list_secrets(&s, &principal)
+        .await?
+        .into_iter()
+        .map(|(key, updated_at)| SecretInfo { key, updated_at: crate::time::to_rfc3339(updated_at) })
+        .collect();
+    Ok(Json(SecretsResponse { project_id: principal.project_id, secrets }))
+}
+
+/// Stores a secret (admin), encrypted at rest. Write-only: the value is never returned.
+#[utoipa::path(put, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = [])),
+    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_{CLIENT_ID,CLIENT_SECRET,WEBHOOK_SECRET}")),
+    request_body = SecretBody,
+    responses((status = 200, body = SecretInfo), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn put_secret(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<SecretBody>,
+) -> ApiResult<Json<SecretInfo>> {
+    let updated_at = projects::put_secret(&s, &principal, &key, &body.value).await?;
+    Ok(Json(SecretInfo { key, updated_at: crate::time::to_rfc3339(updated_at) }))
+}
+
+/// Deletes a secret (admin); deleting one that is not set also answers 204.
+#[utoipa::path(delete, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = [])),
+    params(("key" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_secret(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(key): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    projects::delete_secret(&s, &principal, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,195 @@
+//! `/v1/wearables/{provider}/…`: connect, callback and the credentials view.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ApiResult, Problem};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::connect::{self, CallbackParams, ConnectRequest};
+use crate::projects::{self, CredentialsStatus, NewCredentials, Principal};
+use crate::Services;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectBody {
+    /// FHIR Patient id to connect.
+    pub patient_id: String,
+    /// Where to send the user after the callback. Defaults to a JSON success page.
+    pub redirect_uri: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectResponse {
+    pub provider: String,
+    pub authorization_url: String,
+    /// Opaque; the provider echoes it back to the callback.
+    pub state: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    /// Set by the provider when the user declined (`access_denied`).
+    pub error: Option<String>,
+    /// Scopes the user granted (Strava).
+    pub scope: Option<String>,
+}
+
+/// The JSON success page shown when connect had no `redirectUri`.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackSuccess {
+    /// Always `connected`.
+    pub status: String,
+    pub provider: String,
+    pub patient_id: String,
+    pub endpoint_id: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsBody {
+    pub client_id: String,
+    pub client_secret: String,
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsResponse {
+    pub configured: bool,
+    pub client_id_last4: Option<String>,
+    pub has_secret: bool,
+    pub has_webhook_secret: bool,
+}
+
+impl From<CredentialsStatus> for CredentialsResponse {
+    fn from(c: CredentialsStatus) -> Self {
+        Self {
+            configured: c.configured,
+            client_id_last4: c.client_id_last4,
+            has_secret: c.has_secret,
+            has_webhook_secret: c.has_webhook_secret,
+        }
+    }
+}
+
+/// Pages that carry a state or a code must not be cached or leak through the Referer.
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// Start a wearable OAuth flow: answers the provider authorization URL to send the user to.
+#[utoipa::path(post, path = "/v1/wearables/{provider}/connect", tag = "wearables", security(("bearer" = [])),
+    params(("provider" = String, Path, description = "strava or polar")),
+    request_body = ConnectBody,
+    responses((status = 200, body = ConnectResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem), (status = 500, body = Problem)))]
+pub async fn connect(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(provider): ApiPath<String>,
+    ApiJson(body): ApiJson<ConnectBody>,
+) -> ApiResult<Response> {
+    let started = connect::start(
+        &s,
+        &principal,
+        &provider,
+        ConnectRequest { patient_id: body.patient_id, redirect_uri: body.redirect_uri },
+    )
+    .await?;
+    Ok(no_store(
+        Json(ConnectResponse {
+            provider: started.provider,
+            authorization_url: started.authorization_url.into(),
+            state: started.state,
+        })
+        .into_response(),
+    ))
+}
+
+/// Where the provider sends the user back. Redirects (303) to the connect's `redirectUri` with
+/// `status`, `provider`, `patientId` and `endpointId` or `error` added, or answers a JSON page.
+#[utoipa::path(get, path = "/v1/wearables/{provider}/callback", tag = "wearables",
+    params(("provider" = String, Path), CallbackQuery),
+    responses((status = 303, description = "Redirect to the redirectUri with the outcome in its query"),
+        (status = 200, body = CallbackSuccess), (status = 400, body = Problem, description = "Unknown, expired, reused or other-provider state; or the user declined"),
+        (status = 404, body = Problem), (status = 422, body = Problem), (status = 502, body = Problem)))]
+pub async fn callback(
+    State(s): State<Arc<Services>>,
+    ApiPath(provider): ApiPath<String>,
+    ApiQuery(query): ApiQuery<CallbackQuery>,
+) -> ApiResult<Response> {
+    let params = CallbackParams { state: query.state, code: query.code, error: query.error, scope: query.scope };
+    let outcome = connect::finish(&s, &provider, params).await?;
+    let response = if let Some(target) = outcome.redirect_target() {
+        (StatusCode::SEE_OTHER, [(header::LOCATION, target.to_string())]).into_response()
+    } else {
+        match outcome.result {
+            Ok(endpoint_id) => Json(CallbackSuccess {
+                status: "connected".into(),
+                provider: outcome.provider,
+                patient_id: outcome.patient_id,
+                endpoint_id,
+            })
+            .into_response(),
+            Err(failure) => ApiError::Callback(failure).into_response(),
+        }
+    };
+    Ok(no_store(response))
+}
+
+/// Whether the provider's OAuth app is configured (admin). Never a value.
+#[utoipa::path(get, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = [])),
+    params(("provider" = String, Path)),
+    responses((status = 200, body = CredentialsResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_credentials(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(provider): ApiPath<String>,
+) -> ApiResult<Json<CredentialsResponse>> {
+    Ok(Json(projects::credentials(&s, &principal, &provider).await?.into()))
+}
+
+/// Sets the provider's client id and secret, and optionally its webhook secret (admin).
+#[utoipa::path(put, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = [])),
+    params(("provider" = String, Path)),
+    request_body = CredentialsBody,
+    responses((status = 200, body = CredentialsResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn put_credentials(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(provider): ApiPath<String>,
+    ApiJson(body): ApiJson<CredentialsBody>,
+) -> ApiResult<Json<CredentialsResponse>> {
+    let new = NewCredentials {
+        client_id: body.client_id,
+        client_secret: body.client_secret,
+        webhook_secret: body.webhook_secret,
+    };
+    Ok(Json(projects::put_credentials(&s, &principal, &provider, &new).await?.into()))
+}
+
+/// Removes the provider's client id, client secret and webhook secret (admin).
+#[utoipa::path(delete, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = [])),
+    params(("provider" = String, Path)),
+    responses((status = 200, body = CredentialsResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_credentials(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(provider): ApiPath<String>,
+) -> ApiResult<Json<CredentialsResponse>> {
+    Ok(Json(projects::delete_credentials(&s, &principal, &provider).await?.into()))
+}

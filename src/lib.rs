@@ -1,0 +1,73 @@
+//! Wearlink: a self-hostable wearable-connection gateway for FHIR health platforms.
+//!
+//! Layers, outermost first: `http` (routes, auth extraction, errors → problem+json) calls the
+//! domain (`projects`, `connect`, `fhir`), which uses `store` and `providers` through small traits.
+
+pub mod config;
+pub mod connect;
+pub mod crypto;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod projects;
+pub mod providers;
+pub mod store;
+pub mod time;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// What every request and background task shares.
+pub struct Services {
+    pub config: Config,
+    pub store: Arc<dyn store::Store>,
+    pub keyring: crypto::Keyring,
+    pub providers: providers::Registry,
+    /// Outbound client for provider calls (no redirects, timeouts from config).
+    pub http: reqwest::Client,
+}
+
+impl Services {
+    /// Opens the store (applying migrations) and loads the master key, creating the key file in
+    /// the data folder when `WEARLINK_MASTER_KEY` is unset.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
+        let master_key = match &config.master_key {
+            Some(key) => key.clone(),
+            None => {
+                let path = config.data_dir.join("master.key");
+                let (key, created) = crypto::Keyring::load_or_create_file(&path)?;
+                if created {
+                    tracing::warn!(path = %path.display(), "WEARLINK_MASTER_KEY is unset: generated a master key file; back it up or set WEARLINK_MASTER_KEY");
+                }
+                key
+            }
+        };
+        let keyring = crypto::Keyring::from_encoded(&master_key, &config.previous_master_keys)?;
+        let store = store::connect(&config.database_url).await?;
+        Ok(Arc::new(Self {
+            providers: providers::Registry::new(&config.provider_urls),
+            http: providers::http_client(config.provider_timeout),
+            keyring,
+            store,
+            config,
+        }))
+    }
+
+    /// Deletes expired connect states every `every`, so the table cannot grow without bound.
+    pub fn spawn_state_sweeper(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let services = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match services.store.delete_expired_states(time::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(swept = n, "expired connect states deleted"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping expired connect states failed"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,125 @@
+//! The `wearlink` command: `serve`, `migrate`, `project create`, `token create`.
+//! Every command reads the same `WEARLINK_*` environment, so all act on the same database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wearlink::store::Role;
+use wearlink::{projects, Config, Services};
+
+#[derive(Parser)]
+#[command(name = "wearlink", version, about = "Wearable-connection gateway for FHIR health platforms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (migrations are applied first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Projects: `project create NAME` prints {"projectId", "adminToken"}.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// API tokens: `token create --project ID --role admin|member` prints {"projectId", "role", "token"}.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    Create { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: RoleArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Member,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    init_tracing(config.log_json);
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            Services::start(config).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Project { command: ProjectCommand::Create { name } } => {
+            let services = Services::start(config).await?;
+            let (project_id, admin_token) = projects::create_project(&services, &name).await?;
+            println!("{}", serde_json::json!({ "projectId": project_id, "adminToken": admin_token }));
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Create { project, role } } => {
+            let services = Services::start(config).await?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Member => Role::Member,
+            };
+            let token = projects::create_token(&services, &project, role).await?;
+            println!("{}", serde_json::json!({ "projectId": project, "role": role.as_str(), "token": token }));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let bind = config.bind;
+    let services = Services::start(config).await?;
+    services.spawn_state_sweeper(Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    tracing::info!(address = %listener.local_addr()?, base_url = %services.config.base_url, "wearlink listening");
+    axum::serve(listener, wearlink::http::router(Arc::clone(&services)))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            term.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+/// Logs go to stderr so CLI commands keep stdout for their JSON.
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

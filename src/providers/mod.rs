@@ -1,0 +1,244 @@
+//! Wearable providers behind one small trait; one file per provider, a registry by slug.
+//!
+//! The `oauth2` crate builds authorize URLs and performs code exchanges; its types stay inside this
+//! module so a provider with a non-standard exchange can be written by hand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    ExtraTokenFields, RedirectUrl, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+mod polar;
+mod strava;
+
+pub use polar::Polar;
+pub use strava::Strava;
+
+/// Every built-in provider's slug (config reads URL overrides for each).
+pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG];
+
+/// Overrides of a provider's URLs; `None` keeps the provider's public default.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderUrls {
+    pub authorize: Option<Url>,
+    pub token: Option<Url>,
+    /// The API base that paths are appended to.
+    pub api: Option<Url>,
+}
+
+/// A provider's URLs with defaults applied.
+#[derive(Clone, Debug)]
+pub struct ResolvedUrls {
+    pub authorize: Url,
+    pub token: Url,
+    pub api: Url,
+}
+
+impl ResolvedUrls {
+    fn new(overrides: Option<&ProviderUrls>, authorize: &str, token: &str, api: &str) -> Self {
+        let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| Url::parse(d).expect("default URL"));
+        let o = overrides.cloned().unwrap_or_default();
+        Self {
+            authorize: pick(o.authorize.as_ref(), authorize),
+            token: pick(o.token.as_ref(), token),
+            api: pick(o.api.as_ref(), api),
+        }
+    }
+
+    /// `<api base>/<path>`, keeping the base's own path.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("{}/{}", self.api.as_str().trim_end_matches('/'), path.trim_start_matches('/'))
+    }
+}
+
+/// The project's OAuth app at the provider.
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Tokens a provider issued, with the facts about them we keep.
+#[derive(Debug)]
+pub struct TokenSet {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub token_type: String,
+    /// Epoch milliseconds.
+    pub expires_at: Option<i64>,
+    /// The provider's id of the user (Strava athlete id, Polar `x_user_id`).
+    pub remote_user_id: String,
+    /// Scopes the provider reports in the token answer, if it does.
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Could not reach the provider, or it did not answer in time.
+    #[error("provider unreachable")]
+    Unreachable,
+    /// The provider answered with an error status or an OAuth error.
+    #[error("provider refused the request (status {status:?}, error {error:?})")]
+    Refused { status: Option<u16>, error: Option<String> },
+    /// The answer could not be understood; never carries the body (it may hold tokens).
+    #[error("provider answer not understood: {0}")]
+    BadAnswer(&'static str),
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn slug(&self) -> &'static str;
+    fn display_name(&self) -> &'static str;
+    fn urls(&self) -> &ResolvedUrls;
+    /// Scopes requested at authorization.
+    fn scopes(&self) -> Vec<String>;
+    /// The URL the user is sent to; `redirect_uri` is our callback.
+    fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url;
+    async fn exchange_code(
+        &self,
+        http: &reqwest::Client,
+        credentials: &ClientCredentials,
+        code: &str,
+        redirect_uri: &Url,
+    ) -> Result<TokenSet, ProviderError>;
+    /// What must happen at the provider before a connection is usable (Polar: register the user).
+    /// `member_id` is an opaque, stable id of the patient within the project.
+    async fn after_connect(
+        &self,
+        _http: &reqwest::Client,
+        _tokens: &TokenSet,
+        _member_id: &str,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// The FHIR identifier system for this provider's user ids.
+    fn identifier_system(&self) -> String {
+        format!("{}/sid/{}-user-id", crate::fhir::BASE, self.slug())
+    }
+}
+
+/// The built-in providers, by slug.
+#[derive(Clone)]
+pub struct Registry {
+    providers: HashMap<&'static str, Arc<dyn Provider>>,
+}
+
+impl Registry {
+    pub fn new(overrides: &HashMap<String, ProviderUrls>) -> Self {
+        let all: Vec<Arc<dyn Provider>> =
+            vec![Arc::new(Strava::new(overrides.get(strava::SLUG))), Arc::new(Polar::new(overrides.get(polar::SLUG)))];
+        Self { providers: all.into_iter().map(|p| (p.slug(), p)).collect() }
+    }
+
+    pub fn get(&self, slug: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(slug)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.providers.values()
+    }
+}
+
+/// The outbound HTTP client for provider calls: no redirects (a token answer is never followed
+/// elsewhere), explicit timeouts.
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("wearlink/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client configuration is valid")
+}
+
+type OAuthClient<EF> = Client<
+    BasicErrorResponse,
+    StandardTokenResponse<EF, BasicTokenType>,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// How a provider wants its OAuth2 code flow spoken.
+pub(crate) struct OAuthFlow<'a> {
+    pub urls: &'a ResolvedUrls,
+    pub auth_type: AuthType,
+    /// Joined into one `scope` parameter as the provider expects (Strava: commas).
+    pub scope: String,
+    pub extra_authorize_params: &'a [(&'a str, &'a str)],
+}
+
+impl OAuthFlow<'_> {
+    fn client<EF: ExtraTokenFields>(&self, credentials: &ClientCredentials, redirect_uri: &Url) -> OAuthClient<EF> {
+        Client::new(ClientId::new(credentials.client_id.clone()))
+            .set_client_secret(ClientSecret::new(credentials.client_secret.expose_secret().to_string()))
+            .set_auth_uri(AuthUrl::from_url(self.urls.authorize.clone()))
+            .set_token_uri(TokenUrl::from_url(self.urls.token.clone()))
+            .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()))
+            .set_auth_type(self.auth_type.clone())
+    }
+
+    pub fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {
+        let client = self.client::<oauth2::EmptyExtraTokenFields>(credentials, redirect_uri);
+        let mut request =
+            client.authorize_url(|| CsrfToken::new(state.to_string())).add_scope(Scope::new(self.scope.clone()));
+        for (name, value) in self.extra_authorize_params {
+            request = request.add_extra_param(*name, *value);
+        }
+        request.url().0
+    }
+
+    /// Exchanges `code`; the caller reads its provider's extra fields from the answer.
+    pub async fn exchange<EF: ExtraTokenFields>(
+        &self,
+        http: &reqwest::Client,
+        credentials: &ClientCredentials,
+        code: &str,
+        redirect_uri: &Url,
+    ) -> Result<StandardTokenResponse<EF, BasicTokenType>, ProviderError> {
+        self.client::<EF>(credentials, redirect_uri)
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .request_async(http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => {
+                    ProviderError::Refused { status: None, error: Some(r.error().as_ref().to_string()) }
+                }
+                RequestTokenError::Request(_) => ProviderError::Unreachable,
+                // The raw body of a parse error may hold tokens: dropped here, never logged.
+                RequestTokenError::Parse(_, _) => ProviderError::BadAnswer("token answer"),
+                RequestTokenError::Other(_) => ProviderError::Refused { status: None, error: None },
+            })
+    }
+}
+
+/// The standard part of a token answer as a `TokenSet`.
+pub(crate) fn token_set<EF: ExtraTokenFields>(
+    answer: &StandardTokenResponse<EF, BasicTokenType>,
+    remote_user_id: String,
+    expires_at: Option<i64>,
+) -> TokenSet {
+    let now = crate::time::now_ms();
+    TokenSet {
+        access_token: SecretString::from(answer.access_token().secret().to_string()),
+        refresh_token: answer.refresh_token().map(|t| SecretString::from(t.secret().to_string())),
+        token_type: answer.token_type().as_ref().to_string(),
+        expires_at: expires_at.or_else(|| answer.expires_in().map(|d| now + d.as_millis() as i64)),
+        remote_user_id,
+        scopes: answer.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()),
+    }
+}

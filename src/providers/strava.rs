@@ -1,0 +1,97 @@
+//! Strava (https://developers.strava.com/docs/authentication/).
+
+use async_trait::async_trait;
+use oauth2::AuthType;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::{token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls, ResolvedUrls, TokenSet};
+
+pub const SLUG: &str = "strava";
+const SCOPE: &str = "read,activity:read_all";
+
+pub struct Strava {
+    urls: ResolvedUrls,
+}
+
+impl Strava {
+    pub fn new(overrides: Option<&ProviderUrls>) -> Self {
+        Self {
+            urls: ResolvedUrls::new(
+                overrides,
+                "https://www.strava.com/oauth/authorize",
+                "https://www.strava.com/oauth/token",
+                "https://www.strava.com/api/v3",
+            ),
+        }
+    }
+
+    fn flow(&self) -> OAuthFlow<'_> {
+        OAuthFlow {
+            urls: &self.urls,
+            // Strava wants client_id and client_secret in the form, not HTTP Basic.
+            auth_type: AuthType::RequestBody,
+            scope: SCOPE.into(),
+            extra_authorize_params: &[("approval_prompt", "auto")],
+        }
+    }
+}
+
+/// Strava's additions to the token answer.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct StravaTokenFields {
+    /// Epoch seconds.
+    expires_at: Option<i64>,
+    athlete: Option<StravaAthlete>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct StravaAthlete {
+    id: serde_json::Value,
+}
+
+impl oauth2::ExtraTokenFields for StravaTokenFields {}
+
+#[async_trait]
+impl Provider for Strava {
+    fn slug(&self) -> &'static str {
+        SLUG
+    }
+
+    fn display_name(&self) -> &'static str {
+        "Strava"
+    }
+
+    fn urls(&self) -> &ResolvedUrls {
+        &self.urls
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        SCOPE.split(',').map(String::from).collect()
+    }
+
+    fn identifier_system(&self) -> String {
+        format!("{}/sid/strava-athlete-id", crate::fhir::BASE)
+    }
+
+    fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {
+        self.flow().authorization_url(credentials, redirect_uri, state)
+    }
+
+    async fn exchange_code(
+        &self,
+        http: &reqwest::Client,
+        credentials: &ClientCredentials,
+        code: &str,
+        redirect_uri: &Url,
+    ) -> Result<TokenSet, ProviderError> {
+        let answer = self.flow().exchange::<StravaTokenFields>(http, credentials, code, redirect_uri).await?;
+        let extra = answer.extra_fields();
+        let athlete_id = match extra.athlete.as_ref().map(|a| &a.id) {
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(ProviderError::BadAnswer("token answer without athlete.id")),
+        };
+        Ok(token_set(&answer, athlete_id, extra.expires_at.map(|s| s * 1000)))
+    }
+}

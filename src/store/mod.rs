@@ -1,0 +1,206 @@
+//! Storage behind small traits; one file per backend. Times are epoch milliseconds (`i64`) so every
+//! backend stores them the same way.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::crypto::Sealed;
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer created the same connection first; the caller re-reads and tries again.
+    #[error("the connection was written concurrently")]
+    Conflict,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiTokenRecord {
+    /// SHA-256 of the token; the token itself is never stored.
+    pub token_hash: String,
+    pub project_id: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SecretRecord {
+    pub key: String,
+    pub sealed: Sealed,
+    pub updated_at: i64,
+}
+
+/// A FHIR resource as stored: `body` already carries `id` and `meta`.
+#[derive(Clone, Debug)]
+pub struct StoredResource {
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: i64,
+    pub body: Value,
+}
+
+/// What a connect call leaves behind, found again by the hash of its `state`.
+#[derive(Clone, Debug)]
+pub struct OAuthStateRecord {
+    pub state_hash: String,
+    pub project_id: String,
+    pub patient_id: String,
+    pub provider: String,
+    pub redirect_uri: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// The private side of an Endpoint: the sealed tokens and what the refresher needs.
+#[derive(Clone, Debug)]
+pub struct ConnectionRecord {
+    pub endpoint_id: String,
+    pub project_id: String,
+    pub patient_id: String,
+    pub provider: String,
+    pub remote_user_id: String,
+    pub scopes: Vec<String>,
+    pub status: String,
+    pub tokens: Sealed,
+    pub expires_at: Option<i64>,
+    pub connected_at: i64,
+    pub updated_at: i64,
+}
+
+#[async_trait]
+pub trait ProjectStore: Send + Sync {
+    async fn create_project(&self, id: &str, name: &str, now: i64) -> StoreResult<()>;
+    async fn project_exists(&self, id: &str) -> StoreResult<bool>;
+    async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
+    async fn find_api_token(&self, token_hash: &str) -> StoreResult<Option<ApiTokenRecord>>;
+    /// `(key, JSON value)` pairs of the settings that were ever set.
+    async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>>;
+    async fn put_setting(&self, project_id: &str, key: &str, value: &Value, now: i64) -> StoreResult<()>;
+    async fn put_secret(&self, project_id: &str, key: &str, sealed: &Sealed, now: i64) -> StoreResult<()>;
+    async fn list_secrets(&self, project_id: &str) -> StoreResult<Vec<SecretRecord>>;
+    /// Deletes the given keys; answers how many existed.
+    async fn delete_secrets(&self, project_id: &str, keys: &[String]) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait FhirStore: Send + Sync {
+    /// Stores a new resource at version 1; `patient_id` indexes it for `?patient=` searches.
+    async fn create_resource(
+        &self,
+        project_id: &str,
+        resource_type: &str,
+        id: &str,
+        body: Value,
+        now: i64,
+    ) -> StoreResult<StoredResource>;
+    async fn read_resource(
+        &self,
+        project_id: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> StoreResult<Option<StoredResource>>;
+    async fn search_by_patient(
+        &self,
+        project_id: &str,
+        resource_type: &str,
+        patient_id: &str,
+    ) -> StoreResult<Vec<StoredResource>>;
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    async fn insert_state(&self, state: &OAuthStateRecord) -> StoreResult<()>;
+    /// Deletes and returns the state in one statement: of two concurrent takers only one gets it.
+    async fn take_state(&self, state_hash: &str) -> StoreResult<Option<OAuthStateRecord>>;
+    async fn delete_expired_states(&self, now: i64) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    async fn find_connection(
+        &self,
+        project_id: &str,
+        patient_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<ConnectionRecord>>;
+    /// Writes the connection and its Endpoint (a new version when it exists) in one transaction.
+    /// `StoreError::Conflict` when a different Endpoint id already holds (project, patient, provider).
+    async fn save_connection(&self, connection: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource>;
+}
+
+/// Everything the service stores, as one object (`Arc<dyn Store>`).
+pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore {}
+impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore> Store for T {}
+
+/// Sets `id` and `meta` on a resource body, as every backend stores it.
+pub(crate) fn with_meta(mut body: Value, id: &str, version_id: i64, last_updated: i64) -> Value {
+    if let Value::Object(map) = &mut body {
+        map.insert("id".into(), Value::String(id.into()));
+        let mut meta = match map.remove("meta") {
+            Some(Value::Object(meta)) => meta,
+            _ => serde_json::Map::new(),
+        };
+        meta.insert("versionId".into(), Value::String(version_id.to_string()));
+        meta.insert("lastUpdated".into(), Value::String(crate::time::to_rfc3339(last_updated)));
+        map.insert("meta".into(), Value::Object(meta));
+    }
+    body
+}
+
+/// Connects to the backend named by the URL's scheme.
+pub async fn connect(database_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::connect(database_url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported database URL scheme (expected sqlite:): {}",
+            database_url.split(':').next().unwrap_or_default()
+        )))
+    }
+}
