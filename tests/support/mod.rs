@@ -1,0 +1,209 @@
+//! The test app: the real router on a random port, a temporary SQLite file, provider stand-ins.
+#![allow(dead_code, unused_imports)]
+
+pub mod stand_in;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use wearlink::store::Role;
+use wearlink::{projects, Config, Services};
+
+pub use stand_in::{StandIn, TokenMode};
+
+pub struct TestApp {
+    pub base: String,
+    pub services: Arc<Services>,
+    pub stand_in: StandIn,
+    pub http: reqwest::Client,
+    /// The project's admin token.
+    pub admin: String,
+    pub project_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub state_ttl: Duration,
+    pub provider_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { state_ttl: Duration::from_secs(600), provider_timeout: Duration::from_secs(2) }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let stand_in = StandIn::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let env: Vec<(String, String)> = stand_in.provider_env();
+        let db = format!("sqlite://{}/wearlink.db", dir.path().display());
+        let mut config = Config::from_vars(|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| match name {
+                "WEARLINK_DATABASE_URL" => Some(db.clone()),
+                "WEARLINK_DATA_DIR" => Some(dir.path().display().to_string()),
+                _ => None,
+            })
+        })
+        .unwrap();
+        config.bind = addr;
+        config.base_url = wearlink::config::base_url_for(addr);
+        config.state_ttl = options.state_ttl;
+        config.provider_timeout = options.provider_timeout;
+        let services = Services::start(config).await.unwrap();
+        let router = wearlink::http::router(Arc::clone(&services));
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let (project_id, admin) = projects::create_project(&services, "clinic").await.unwrap();
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        TestApp { base: format!("http://{addr}"), services, stand_in, http, admin, project_id, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn member_token(&self) -> String {
+        projects::create_token(&self.services, &self.project_id, Role::Member).await.unwrap()
+    }
+
+    /// A second project in the same service, with its own admin token.
+    pub async fn other_project(&self) -> (String, String) {
+        projects::create_project(&self.services, "other clinic").await.unwrap()
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send("GET", path, Some(&self.admin.clone()), None).await
+    }
+
+    /// Enables the provider and stores the stand-in's client credentials for it.
+    pub async fn configure(&self, provider: &str) {
+        let (id, secret) = match provider {
+            "strava" => (stand_in::STRAVA_CLIENT_ID, stand_in::STRAVA_CLIENT_SECRET),
+            _ => (stand_in::POLAR_CLIENT_ID, stand_in::POLAR_CLIENT_SECRET),
+        };
+        let key = format!("WEARABLE_{}_ENABLED", provider.to_uppercase());
+        let admin = self.admin.clone();
+        let (s, _) = self
+            .send("PUT", &format!("/v1/project/settings/{key}"), Some(&admin), Some(json!({"enabled": true})))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = self
+            .send(
+                "PUT",
+                &format!("/v1/wearables/{provider}/credentials"),
+                Some(&admin),
+                Some(json!({"clientId": id, "clientSecret": secret})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    pub async fn create_patient(&self) -> String {
+        let admin = self.admin.clone();
+        let (s, body) = self
+            .send(
+                "POST",
+                "/fhir/R4/Patient",
+                Some(&admin),
+                Some(json!({"resourceType": "Patient", "name": [{"family": "Runner", "given": ["Ada"]}]})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// POST connect; answers the status and body.
+    pub async fn connect(&self, provider: &str, body: Value) -> (StatusCode, Value) {
+        let admin = self.admin.clone();
+        self.send("POST", &format!("/v1/wearables/{provider}/connect"), Some(&admin), Some(body)).await
+    }
+
+    /// The user at the provider's authorize page: answers the callback URL the provider sends them to.
+    pub async fn approve(&self, authorization_url: &str) -> String {
+        let response = self.http.get(authorization_url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "authorize page refused: {}", response.text().await.unwrap());
+        response.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// Follows the provider's redirect to our callback; answers status, Location and body.
+    pub async fn callback(&self, callback_url: &str) -> (StatusCode, Option<url::Url>, Value) {
+        let response = self.http.get(callback_url).send().await.unwrap();
+        let status = response.status();
+        let location = response.headers().get("location").map(|l| url::Url::parse(l.to_str().unwrap()).unwrap());
+        let text = response.text().await.unwrap();
+        (status, location, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Connect, approve, callback: the whole story for one patient.
+    pub async fn connect_and_approve(&self, provider: &str, body: Value) -> (StatusCode, Option<url::Url>, Value) {
+        let (status, started) = self.connect(provider, body).await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+        let callback = self.approve(started["authorizationUrl"].as_str().unwrap()).await;
+        self.callback(&callback).await
+    }
+
+    pub async fn endpoints_of(&self, patient_id: &str) -> Value {
+        let (status, bundle) = self.get(&format!("/fhir/R4/Endpoint?patient=Patient/{patient_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{bundle}");
+        bundle
+    }
+
+    /// Every byte of the SQLite database files (main file and WAL).
+    pub fn database_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap().to_string_lossy().starts_with("wearlink.db") {
+                all.extend(std::fs::read(path).unwrap());
+            }
+        }
+        all
+    }
+}
+
+/// The query of a URL as a map.
+pub fn query_map(url: &url::Url) -> std::collections::HashMap<String, String> {
+    url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Asserts the stable problem+json shape and answers its `code`.
+pub fn problem_code(body: &Value, status: StatusCode) -> String {
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    for field in ["type", "title", "detail", "code"] {
+        assert!(body[field].is_string(), "problem without {field}: {body}");
+    }
+    body["code"].as_str().unwrap().to_string()
+}

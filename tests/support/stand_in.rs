@@ -1,0 +1,320 @@
+//! Local stand-ins for Strava and Polar, on 127.0.0.1, behaving as their public docs say:
+//! authorize pages that redirect back with a code, token endpoints that check the form fields,
+//! the client authentication and the exact `redirect_uri`, and accept each code once; Polar's
+//! user registration. They can be told to fail.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+
+pub const STRAVA_CLIENT_ID: &str = "48151";
+pub const STRAVA_CLIENT_SECRET: &str = "strava-client-secret-7f3a";
+pub const POLAR_CLIENT_ID: &str = "polar-client-6b2e";
+pub const POLAR_CLIENT_SECRET: &str = "polar-client-secret-91cd";
+
+/// How the token endpoints answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TokenMode {
+    Normal,
+    /// Answer this status with an error body.
+    Status(u16),
+    /// Wait this long before answering.
+    Slow(Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+}
+
+/// One token request as the stand-in received it.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub provider: &'static str,
+    pub form: HashMap<String, String>,
+    pub basic_auth: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// code → (provider, redirect_uri given at authorize, user id)
+    codes: HashMap<String, (&'static str, String, u64)>,
+    token_requests: Vec<TokenRequest>,
+    /// access tokens issued, by provider
+    issued: Vec<(&'static str, String, Option<String>)>,
+    /// Polar member-ids registered, by x_user_id
+    polar_users: HashMap<String, String>,
+    polar_registrations: u32,
+    next_user: u64,
+}
+
+#[derive(Clone)]
+pub struct StandIn {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    mode: Arc<Mutex<TokenMode>>,
+    deny: Arc<Mutex<bool>>,
+}
+
+impl StandIn {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stand_in = StandIn {
+            addr,
+            inner: Arc::new(Mutex::new(Inner { next_user: 1000, ..Default::default() })),
+            mode: Arc::new(Mutex::new(TokenMode::Normal)),
+            deny: Arc::new(Mutex::new(false)),
+        };
+        let app = Router::new()
+            .route("/strava/oauth/authorize", get(strava_authorize))
+            .route("/strava/oauth/token", post(strava_token))
+            .route("/polar/oauth2/authorization", get(polar_authorize))
+            .route("/polar/v2/oauth2/token", post(polar_token))
+            .route("/polar/v3/users", post(polar_register))
+            .with_state(stand_in.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        stand_in
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The `WEARLINK_PROVIDER_*` URLs pointing at this stand-in.
+    pub fn provider_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("WEARLINK_PROVIDER_STRAVA_AUTHORIZE_URL".into(), self.url("/strava/oauth/authorize")),
+            ("WEARLINK_PROVIDER_STRAVA_TOKEN_URL".into(), self.url("/strava/oauth/token")),
+            ("WEARLINK_PROVIDER_STRAVA_API_URL".into(), self.url("/strava/api/v3")),
+            ("WEARLINK_PROVIDER_POLAR_AUTHORIZE_URL".into(), self.url("/polar/oauth2/authorization")),
+            ("WEARLINK_PROVIDER_POLAR_TOKEN_URL".into(), self.url("/polar/v2/oauth2/token")),
+            ("WEARLINK_PROVIDER_POLAR_API_URL".into(), self.url("/polar/v3")),
+        ]
+    }
+
+    pub fn set_token_mode(&self, mode: TokenMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// The user declines at the authorize page.
+    pub fn set_user_declines(&self, deny: bool) {
+        *self.deny.lock().unwrap() = deny;
+    }
+
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.inner.lock().unwrap().token_requests.clone()
+    }
+
+    /// Every access and refresh token issued so far (to look for them where they must not be).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let inner = self.inner.lock().unwrap();
+        inner.issued.iter().flat_map(|(_, a, r)| std::iter::once(a.clone()).chain(r.clone())).collect()
+    }
+
+    pub fn polar_registrations(&self) -> u32 {
+        self.inner.lock().unwrap().polar_registrations
+    }
+
+    pub fn polar_member_ids(&self) -> Vec<String> {
+        self.inner.lock().unwrap().polar_users.values().cloned().collect()
+    }
+
+    /// Authorize step shared by both providers: checks the query, then redirects back with a code
+    /// (or `error=access_denied` when the user declines).
+    fn authorize(
+        &self,
+        provider: &'static str,
+        expected_client: &str,
+        expected_scope: &str,
+        q: &HashMap<String, String>,
+    ) -> Response {
+        let field = |k: &str| q.get(k).cloned().unwrap_or_default();
+        if field("client_id") != expected_client || field("response_type") != "code" {
+            return (StatusCode::BAD_REQUEST, "bad client_id or response_type").into_response();
+        }
+        if field("scope") != expected_scope || field("state").is_empty() {
+            return (StatusCode::BAD_REQUEST, "bad scope or missing state").into_response();
+        }
+        if provider == "strava" && field("approval_prompt") != "auto" {
+            return (StatusCode::BAD_REQUEST, "approval_prompt").into_response();
+        }
+        let redirect_uri = field("redirect_uri");
+        let mut back = url::Url::parse(&redirect_uri).expect("redirect_uri is a URL");
+        if *self.deny.lock().unwrap() {
+            back.query_pairs_mut().append_pair("state", &field("state")).append_pair("error", "access_denied");
+        } else {
+            let code = format!("code-{}", uuid::Uuid::new_v4().simple());
+            let mut inner = self.inner.lock().unwrap();
+            inner.next_user += 1;
+            let user = inner.next_user;
+            inner.codes.insert(code.clone(), (provider, redirect_uri.clone(), user));
+            back.query_pairs_mut().append_pair("state", &field("state")).append_pair("code", &code);
+            if provider == "strava" {
+                back.query_pairs_mut().append_pair("scope", "read,activity:read_all");
+            }
+        }
+        (StatusCode::FOUND, [(header::LOCATION, back.to_string())]).into_response()
+    }
+
+    /// Applies the failure mode; `Some` is the answer to give instead of a normal one.
+    async fn failure(&self) -> Option<Response> {
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            TokenMode::Normal => None,
+            TokenMode::Slow(d) => {
+                tokio::time::sleep(d).await;
+                None
+            }
+            TokenMode::Status(s) => Some(
+                (StatusCode::from_u16(s).unwrap(), Json(json!({"message": "Server Error", "errors": []})))
+                    .into_response(),
+            ),
+            TokenMode::Garbage => {
+                Some((StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>oops</html>").into_response())
+            }
+        }
+    }
+
+    /// Takes a code once: `(redirect_uri at authorize, user id)`.
+    fn take_code(&self, provider: &'static str, code: &str) -> Option<(String, u64)> {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.codes.remove(code) {
+            Some((p, uri, user)) if p == provider => Some((uri, user)),
+            _ => None,
+        }
+    }
+
+    fn record(&self, provider: &'static str, form: &HashMap<String, String>, headers: &HeaderMap) {
+        let basic_auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| pair.split_once(':').map(|(u, p)| (decode_form(u), decode_form(p))));
+        self.inner.lock().unwrap().token_requests.push(TokenRequest { provider, form: form.clone(), basic_auth });
+    }
+
+    fn issue(&self, provider: &'static str, refresh: bool) -> (String, Option<String>) {
+        let access = format!("{provider}-access-{}", uuid::Uuid::new_v4().simple());
+        let refresh = refresh.then(|| format!("{provider}-refresh-{}", uuid::Uuid::new_v4().simple()));
+        self.inner.lock().unwrap().issued.push((provider, access.clone(), refresh.clone()));
+        (access, refresh)
+    }
+}
+
+/// RFC 6749 §2.3.1 form-encodes Basic credentials.
+fn decode_form(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
+async fn strava_authorize(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    s.authorize("strava", STRAVA_CLIENT_ID, "read,activity:read_all", &q)
+}
+
+async fn polar_authorize(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    s.authorize("polar", POLAR_CLIENT_ID, "accesslink.read_all", &q)
+}
+
+/// Strava: client credentials in the form; errors in Strava's own shape.
+async fn strava_token(
+    State(s): State<StandIn>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    s.record("strava", &form, &headers);
+    if let Some(answer) = s.failure().await {
+        return answer;
+    }
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if field("client_id") != STRAVA_CLIENT_ID || field("client_secret") != STRAVA_CLIENT_SECRET {
+        return strava_error(StatusCode::UNAUTHORIZED, "Authorization Error", "Application", "client_id");
+    }
+    if field("grant_type") != "authorization_code" {
+        return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "RefreshToken", "grant_type");
+    }
+    let Some((_, user)) = s.take_code("strava", &field("code")) else {
+        return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "AuthorizationCode", "code");
+    };
+    let (access, refresh) = s.issue("strava", true);
+    let now = chrono::Utc::now().timestamp();
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_at": now + 21600,
+        "expires_in": 21600,
+        "refresh_token": refresh,
+        "access_token": access,
+        "athlete": { "id": user, "username": "athlete", "firstname": "Ada", "lastname": "Runner" }
+    }))
+    .into_response()
+}
+
+fn strava_error(status: StatusCode, message: &str, resource: &str, field: &str) -> Response {
+    (status, Json(json!({"message": message, "errors": [{"resource": resource, "field": field, "code": "invalid"}]})))
+        .into_response()
+}
+
+/// Polar: HTTP Basic client credentials, the exact `redirect_uri` of the authorize step.
+async fn polar_token(
+    State(s): State<StandIn>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    s.record("polar", &form, &headers);
+    if let Some(answer) = s.failure().await {
+        return answer;
+    }
+    let request = s.token_requests().pop().unwrap();
+    if request.basic_auth != Some((POLAR_CLIENT_ID.into(), POLAR_CLIENT_SECRET.into())) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_client"}))).into_response();
+    }
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if field("grant_type") != "authorization_code" {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "unsupported_grant_type"}))).into_response();
+    }
+    match s.take_code("polar", &field("code")) {
+        Some((uri, user)) if uri == field("redirect_uri") => {
+            let (access, _) = s.issue("polar", false);
+            Json(json!({
+                "access_token": access,
+                "token_type": "bearer",
+                "expires_in": 31535999,
+                "x_user_id": user
+            }))
+            .into_response()
+        }
+        _ => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response(),
+    }
+}
+
+/// AccessLink `POST /v3/users`: 200 the first time, 409 after.
+async fn polar_register(State(s): State<StandIn>, headers: HeaderMap, Json(body): Json<serde_json::Value>) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    let mut inner = s.inner.lock().unwrap();
+    let Some(user) = inner.issued.iter().position(|(p, a, _)| *p == "polar" && *a == token) else {
+        return (StatusCode::UNAUTHORIZED, "").into_response();
+    };
+    let Some(member_id) = body.get("member-id").and_then(|m| m.as_str()).map(String::from) else {
+        return (StatusCode::BAD_REQUEST, "member-id required").into_response();
+    };
+    inner.polar_registrations += 1;
+    let key = user.to_string();
+    if inner.polar_users.values().any(|m| *m == member_id) {
+        return (StatusCode::CONFLICT, "").into_response();
+    }
+    inner.polar_users.insert(key, member_id.clone());
+    Json(json!({"polar-user-id": user, "member-id": member_id, "registration-date": "2026-11-25T10:00:00.000Z"}))
+        .into_response()
+}
