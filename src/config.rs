@@ -8,6 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::providers::ProviderUrls;
+use crate::store::PoolSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -22,6 +23,8 @@ pub struct Config {
     /// Public base URL (the spec's `APP_BASE_URL`): callbacks are `<base>/v1/wearables/<slug>/callback`.
     pub base_url: Url,
     pub database_url: String,
+    /// Database pool size and how long a request waits for a connection (then 503).
+    pub pool: PoolSettings,
     /// Where the embedded database and a generated master key live.
     pub data_dir: PathBuf,
     /// Base64 of 32 bytes. `None` means: use (or create) `<data_dir>/master.key`.
@@ -44,6 +47,7 @@ impl Config {
             bind,
             base_url: base_url_for(bind),
             database_url: database_url.into(),
+            pool: PoolSettings::default(),
             data_dir: data_dir.into(),
             master_key: None,
             previous_master_keys: Vec::new(),
@@ -68,6 +72,8 @@ impl Config {
         if let Some(base) = var("WEARLINK_BASE_URL") {
             config.base_url = parse_url("WEARLINK_BASE_URL", &base)?;
         }
+        config.pool.max_connections = parse_var(&var, "WEARLINK_DB_MAX_CONNECTIONS", "10")?;
+        config.pool.acquire_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_DB_ACQUIRE_TIMEOUT_MS", "2000")?);
         config.master_key = var("WEARLINK_MASTER_KEY");
         config.previous_master_keys = var("WEARLINK_MASTER_KEY_PREVIOUS")
             .map(|v| v.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())

@@ -45,7 +45,7 @@ impl Services {
             }
         };
         let keyring = crypto::Keyring::from_encoded(&master_key, &config.previous_master_keys)?;
-        let store = store::connect(&config.database_url).await?;
+        let store = store::connect(&config.database_url, &config.pool).await?;
         Ok(Arc::new(Self {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::http_client(config.provider_timeout),

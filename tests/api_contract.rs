@@ -2,13 +2,24 @@
 
 mod support;
 
+on_both_backends!(
+    connect_answers_each_error_of_the_contract,
+    redirect_uris_must_be_safe_and_allowed,
+    settings_toggle_providers_and_refuse_what_they_do_not_know,
+    secrets_are_write_only_admin_only_and_encrypted,
+    the_credentials_view_tells_what_is_configured_and_never_a_value,
+    projects_never_see_each_other,
+    the_fhir_store_keeps_patients,
+    unknown_routes_and_methods_answer_problem_json,
+    the_openapi_document_describes_every_route,
+);
+
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{contains, problem_code, TestApp};
+use support::{problem_code, Backend, TestApp};
 
-#[tokio::test]
-async fn connect_answers_each_error_of_the_contract() {
-    let app = TestApp::spawn().await;
+async fn connect_answers_each_error_of_the_contract(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let patient = app.create_patient().await;
     let ok_body = json!({"patientId": patient});
 
@@ -86,9 +97,8 @@ async fn connect_answers_each_error_of_the_contract() {
     );
 }
 
-#[tokio::test]
-async fn redirect_uris_must_be_safe_and_allowed() {
-    let app = TestApp::spawn().await;
+async fn redirect_uris_must_be_safe_and_allowed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     for bad in
@@ -139,9 +149,8 @@ async fn redirect_uris_must_be_safe_and_allowed() {
     assert_eq!(settings["settings"]["WEARABLE_REDIRECT_ALLOWLIST"], "https://my.dashboard, http://localhost:3000");
 }
 
-#[tokio::test]
-async fn settings_toggle_providers_and_refuse_what_they_do_not_know() {
-    let app = TestApp::spawn().await;
+async fn settings_toggle_providers_and_refuse_what_they_do_not_know(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let admin = app.admin.clone();
     let (s, body) = app.get("/v1/project/settings").await;
     assert_eq!(s, StatusCode::OK);
@@ -178,9 +187,8 @@ async fn settings_toggle_providers_and_refuse_what_they_do_not_know() {
     assert_eq!(problem_code(&body, s), "forbidden");
 }
 
-#[tokio::test]
-async fn secrets_are_write_only_admin_only_and_encrypted() {
-    let app = TestApp::spawn().await;
+async fn secrets_are_write_only_admin_only_and_encrypted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let admin = app.admin.clone();
     let secret = "very-secret-client-secret-4242";
 
@@ -196,7 +204,7 @@ async fn secrets_are_write_only_admin_only_and_encrypted() {
     assert_eq!(body["secrets"][0]["key"], "WEARABLE_STRAVA_CLIENT_SECRET");
     assert!(body["secrets"][0]["updatedAt"].is_string());
     assert!(!body.to_string().contains(secret), "listing never shows values");
-    assert!(!contains(&app.database_bytes(), secret), "the secret is readable in the SQLite file");
+    app.assert_not_stored(&[secret.to_string()]).await;
 
     let (s, _) = app.send("PUT", "/v1/project/secrets/SOMETHING_ELSE", Some(&admin), Some(json!({"value": "x"}))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -228,9 +236,8 @@ async fn secrets_are_write_only_admin_only_and_encrypted() {
     assert_eq!(body["secrets"], json!([]));
 }
 
-#[tokio::test]
-async fn the_credentials_view_tells_what_is_configured_and_never_a_value() {
-    let app = TestApp::spawn().await;
+async fn the_credentials_view_tells_what_is_configured_and_never_a_value(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let admin = app.admin.clone();
     let (s, body) = app.get("/v1/wearables/strava/credentials").await;
     assert_eq!(s, StatusCode::OK);
@@ -271,9 +278,8 @@ async fn the_credentials_view_tells_what_is_configured_and_never_a_value() {
     assert_eq!(body["hasWebhookSecret"], false);
 }
 
-#[tokio::test]
-async fn projects_never_see_each_other() {
-    let app = TestApp::spawn().await;
+async fn projects_never_see_each_other(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     let (_, _, page) = app.connect_and_approve("strava", json!({"patientId": patient})).await;
@@ -298,9 +304,8 @@ async fn projects_never_see_each_other() {
     assert_eq!(creds["configured"], false);
 }
 
-#[tokio::test]
-async fn the_fhir_store_keeps_patients() {
-    let app = TestApp::spawn().await;
+async fn the_fhir_store_keeps_patients(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let admin = app.admin.clone();
     let (s, created) = app
         .send(
@@ -329,9 +334,8 @@ async fn the_fhir_store_keeps_patients() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_answer_problem_json() {
-    let app = TestApp::spawn().await;
+async fn unknown_routes_and_methods_answer_problem_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (s, body) = app.get("/v2/nothing").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(problem_code(&body, s), "not_found");
@@ -346,9 +350,8 @@ async fn unknown_routes_and_methods_answer_problem_json() {
     assert_eq!(problem_code(&body, s), "payload_too_large");
 }
 
-#[tokio::test]
-async fn the_openapi_document_describes_every_route() {
-    let app = TestApp::spawn().await;
+async fn the_openapi_document_describes_every_route(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (s, doc) = app.send("GET", "/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

@@ -2,15 +2,27 @@
 
 mod support;
 
+on_both_backends!(
+    a_patient_connects_strava_and_the_endpoint_holds_the_connection,
+    a_patient_connects_polar_and_sees_the_json_success_page,
+    reconnecting_updates_the_same_endpoint,
+    a_state_works_once,
+    the_same_callback_racing_itself_connects_exactly_once,
+    forged_expired_and_other_provider_states_are_refused,
+    a_user_who_declines_is_sent_back_with_access_denied,
+    a_failing_provider_ends_in_the_error_redirect_and_persists_nothing,
+    wrong_credentials_at_the_provider_end_in_token_exchange_failed,
+    an_unreachable_provider_ends_in_the_error_redirect,
+);
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{contains, problem_code, query_map, Options, TestApp, TokenMode};
+use support::{problem_code, query_map, Backend, Options, TestApp, TokenMode};
 
-#[tokio::test]
-async fn a_patient_connects_strava_and_the_endpoint_holds_the_connection() {
-    let app = TestApp::spawn().await;
+async fn a_patient_connects_strava_and_the_endpoint_holds_the_connection(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
 
@@ -91,21 +103,17 @@ async fn a_patient_connects_strava_and_the_endpoint_holds_the_connection() {
     // The tokens are nowhere in clear: not in the resource, not in the database files.
     let tokens = app.stand_in.issued_tokens();
     assert_eq!(tokens.len(), 2, "an access and a refresh token");
-    let db = app.database_bytes();
-    assert!(!db.is_empty());
     for token in &tokens {
         assert!(!endpoint.to_string().contains(token.as_str()));
-        assert!(!contains(&db, token), "a token is readable in the SQLite file");
     }
-    assert!(
-        !contains(&db, support::stand_in::STRAVA_CLIENT_SECRET),
-        "the client secret is readable in the SQLite file"
-    );
+    let mut secrets = tokens.clone();
+    secrets.push(support::stand_in::STRAVA_CLIENT_SECRET.into());
+    secrets.push(state.to_string());
+    app.assert_not_stored(&secrets).await;
 }
 
-#[tokio::test]
-async fn a_patient_connects_polar_and_sees_the_json_success_page() {
-    let app = TestApp::spawn().await;
+async fn a_patient_connects_polar_and_sees_the_json_success_page(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("polar").await;
     let patient = app.create_patient().await;
 
@@ -142,15 +150,11 @@ async fn a_patient_connects_polar_and_sees_the_json_success_page() {
     assert_eq!(endpoint["connectionType"]["code"], "polar");
     assert_eq!(endpoint["address"], app.stand_in.url("/polar/v3"));
     assert_eq!(endpoint["identifier"][0]["system"], "https://wearlink.dev/fhir/sid/polar-user-id");
-    let db = app.database_bytes();
-    for token in app.stand_in.issued_tokens() {
-        assert!(!contains(&db, &token));
-    }
+    app.assert_not_stored(&app.stand_in.issued_tokens()).await;
 }
 
-#[tokio::test]
-async fn reconnecting_updates_the_same_endpoint() {
-    let app = TestApp::spawn().await;
+async fn reconnecting_updates_the_same_endpoint(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("polar").await;
     let patient = app.create_patient().await;
 
@@ -165,9 +169,8 @@ async fn reconnecting_updates_the_same_endpoint() {
     assert_eq!(bundle["entry"][0]["resource"]["meta"]["versionId"], "2");
 }
 
-#[tokio::test]
-async fn a_state_works_once() {
-    let app = TestApp::spawn().await;
+async fn a_state_works_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     let (_, started) = app.connect("strava", json!({"patientId": patient})).await;
@@ -182,9 +185,8 @@ async fn a_state_works_once() {
     assert_eq!(app.stand_in.token_requests().len(), 1, "a replay never reaches the provider");
 }
 
-#[tokio::test]
-async fn the_same_callback_racing_itself_connects_exactly_once() {
-    let app = TestApp::spawn().await;
+async fn the_same_callback_racing_itself_connects_exactly_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     for _round in 0..5 {
@@ -215,9 +217,9 @@ where
     out
 }
 
-#[tokio::test]
-async fn forged_expired_and_other_provider_states_are_refused() {
-    let app = TestApp::spawn_with(Options { state_ttl: Duration::from_millis(300), ..Options::default() }).await;
+async fn forged_expired_and_other_provider_states_are_refused(backend: Backend) {
+    let app =
+        TestApp::spawn_with(backend, Options { state_ttl: Duration::from_millis(300), ..Options::default() }).await;
     app.configure("strava").await;
     app.configure("polar").await;
     let patient = app.create_patient().await;
@@ -252,9 +254,8 @@ async fn forged_expired_and_other_provider_states_are_refused() {
     assert_eq!(app.endpoints_of(&patient).await["total"], 0, "nothing persisted");
 }
 
-#[tokio::test]
-async fn a_user_who_declines_is_sent_back_with_access_denied() {
-    let app = TestApp::spawn().await;
+async fn a_user_who_declines_is_sent_back_with_access_denied(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     app.stand_in.set_user_declines(true);
@@ -278,9 +279,10 @@ async fn a_user_who_declines_is_sent_back_with_access_denied() {
     assert_eq!(app.endpoints_of(&patient).await["total"], 0);
 }
 
-#[tokio::test]
-async fn a_failing_provider_ends_in_the_error_redirect_and_persists_nothing() {
-    let app = TestApp::spawn_with(Options { provider_timeout: Duration::from_millis(500), ..Options::default() }).await;
+async fn a_failing_provider_ends_in_the_error_redirect_and_persists_nothing(backend: Backend) {
+    let app =
+        TestApp::spawn_with(backend, Options { provider_timeout: Duration::from_millis(500), ..Options::default() })
+            .await;
     app.configure("strava").await;
     app.configure("polar").await;
     let patient = app.create_patient().await;
@@ -308,9 +310,8 @@ async fn a_failing_provider_ends_in_the_error_redirect_and_persists_nothing() {
     assert_eq!(app.endpoints_of(&patient).await["total"], 0);
 }
 
-#[tokio::test]
-async fn wrong_credentials_at_the_provider_end_in_token_exchange_failed() {
-    let app = TestApp::spawn().await;
+async fn wrong_credentials_at_the_provider_end_in_token_exchange_failed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     let admin = app.admin.clone();
@@ -330,9 +331,8 @@ async fn wrong_credentials_at_the_provider_end_in_token_exchange_failed() {
     assert_eq!(query_map(&location.unwrap())["error"], "token_exchange_failed");
 }
 
-#[tokio::test]
-async fn an_unreachable_provider_ends_in_the_error_redirect() {
-    let app = TestApp::spawn().await;
+async fn an_unreachable_provider_ends_in_the_error_redirect(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     let (_, started) =

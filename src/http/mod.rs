@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, Request};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -60,10 +60,22 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// The database answers and every migration is applied; 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = error::Problem)))]
+async fn readyz(State(services): State<Arc<Services>>) -> error::ApiResult<Json<Health>> {
+    services.store.ready().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready");
+        crate::Error::Store(crate::store::StoreError::Unavailable(e.to_string()))
+    })?;
+    Ok(Json(Health { status: "ready" }))
+}
+
 /// Every route and its OpenAPI description, from the same code.
 fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .routes(routes!(wearables::connect))
         .routes(routes!(wearables::callback))
         .routes(routes!(wearables::get_credentials, wearables::put_credentials, wearables::delete_credentials))

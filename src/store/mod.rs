@@ -6,9 +6,25 @@ use serde_json::Value;
 
 use crate::crypto::Sealed;
 
+mod postgres;
+mod sql;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// Pool sizing and how long a request waits for a connection before failing with 503.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_connections: 10, acquire_timeout: std::time::Duration::from_secs(2) }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,10 +42,16 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                StoreError::Unavailable(e.to_string())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // PostgreSQL connection exceptions (08xxx) and shutdown in progress (57P0x).
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")) => {
+                StoreError::Unavailable(db.to_string())
+            }
             other => StoreError::Database(other.to_string()),
         }
     }
@@ -174,9 +196,33 @@ pub trait ConnectionStore: Send + Sync {
     async fn save_connection(&self, connection: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource>;
 }
 
+#[async_trait]
+pub trait Readiness: Send + Sync {
+    /// The database answers and every migration this build knows is applied.
+    async fn ready(&self) -> StoreResult<()>;
+}
+
 /// Everything the service stores, as one object (`Arc<dyn Store>`).
-pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore {}
-impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore> Store for T {}
+pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore + Readiness {}
+impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore + Readiness> Store for T {}
+
+/// Readiness check shared by the SQL backends: the newest migration of this build is recorded.
+async fn migrations_applied<'e, E>(executor: E, migrator: &sqlx::migrate::Migrator) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e>,
+    i64: sqlx::Type<E::Database> + for<'r> sqlx::Decode<'r, E::Database>,
+    for<'q> <E::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, E::Database>,
+    usize: sqlx::ColumnIndex<<E::Database as sqlx::Database>::Row>,
+{
+    let newest = migrator.iter().map(|m| m.version).max().unwrap_or_default();
+    let applied: (i64,) = sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
+        .fetch_one(executor)
+        .await?;
+    if applied.0 < newest {
+        return Err(StoreError::Unavailable(format!("migrations pending (at {}, need {newest})", applied.0)));
+    }
+    Ok(())
+}
 
 /// Sets `id` and `meta` on a resource body, as every backend stores it.
 pub(crate) fn with_meta(mut body: Value, id: &str, version_id: i64, last_updated: i64) -> Value {
@@ -193,14 +239,14 @@ pub(crate) fn with_meta(mut body: Value, id: &str, version_id: i64, last_updated
     body
 }
 
-/// Connects to the backend named by the URL's scheme.
-pub async fn connect(database_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    if database_url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::connect(database_url).await?))
-    } else {
-        Err(StoreError::Unavailable(format!(
-            "unsupported database URL scheme (expected sqlite:): {}",
-            database_url.split(':').next().unwrap_or_default()
-        )))
+/// Connects to the backend named by the URL's scheme, applying migrations.
+pub async fn connect(database_url: &str, pool: &PoolSettings) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let scheme = database_url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(std::sync::Arc::new(SqliteStore::connect(database_url, pool).await?)),
+        "postgres" | "postgresql" => Ok(std::sync::Arc::new(PostgresStore::connect(database_url, pool).await?)),
+        other => Err(StoreError::Database(format!(
+            "unsupported database URL scheme {other:?} (expected sqlite: or postgres:)"
+        ))),
     }
 }

@@ -1,13 +1,13 @@
 //! The embedded default: SQLite in WAL mode through sqlx.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use super::sql::impl_sql_store;
 use super::*;
 
 pub struct SqliteStore {
@@ -18,19 +18,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 impl SqliteStore {
     /// Opens (creating the file and its folder when missing) and applies migrations.
-    pub async fn connect(database_url: &str) -> StoreResult<Self> {
+    pub async fn connect(database_url: &str, pool: &PoolSettings) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(database_url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(pool.acquire_timeout)
             .foreign_keys(true);
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
@@ -38,357 +38,17 @@ impl SqliteStore {
     }
 }
 
-fn resource_from_row(row: &SqliteRow) -> StoreResult<StoredResource> {
-    let content: String = row.try_get("content")?;
-    Ok(StoredResource {
-        id: row.try_get("id")?,
-        version_id: row.try_get("version_id")?,
-        last_updated: row.try_get("last_updated")?,
-        body: serde_json::from_str(&content).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-    })
-}
-
-fn state_from_row(row: &SqliteRow) -> StoreResult<OAuthStateRecord> {
-    Ok(OAuthStateRecord {
-        state_hash: row.try_get("state_hash")?,
-        project_id: row.try_get("project_id")?,
-        patient_id: row.try_get("patient_id")?,
-        provider: row.try_get("provider")?,
-        redirect_uri: row.try_get("redirect_uri")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-    })
-}
-
-fn connection_from_row(row: &SqliteRow) -> StoreResult<ConnectionRecord> {
-    let scopes: String = row.try_get("scopes")?;
-    Ok(ConnectionRecord {
-        endpoint_id: row.try_get("endpoint_id")?,
-        project_id: row.try_get("project_id")?,
-        patient_id: row.try_get("patient_id")?,
-        provider: row.try_get("provider")?,
-        remote_user_id: row.try_get("remote_user_id")?,
-        scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        status: row.try_get("status")?,
-        tokens: Sealed { key_id: row.try_get("token_key_id")?, blob: row.try_get("token_ciphertext")? },
-        expires_at: row.try_get("expires_at")?,
-        connected_at: row.try_get("connected_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-/// The patient a resource belongs to, for `?patient=` searches.
-fn patient_of(resource_type: &str, id: &str, body: &Value) -> Option<String> {
-    if resource_type == "Patient" {
-        return Some(id.to_string());
-    }
-    crate::fhir::patient_reference(body)
+/// IMMEDIATE takes the write lock up front: a deferred read-then-write transaction could deadlock
+/// against another writer instead of waiting on the busy timeout.
+async fn begin_immediate(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
 }
 
 #[async_trait]
-impl ProjectStore for SqliteStore {
-    async fn create_project(&self, id: &str, name: &str, now: i64) -> StoreResult<()> {
-        sqlx::query("INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(name)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn project_exists(&self, id: &str) -> StoreResult<bool> {
-        Ok(sqlx::query("SELECT 1 FROM projects WHERE id = ?").bind(id).fetch_optional(&self.pool).await?.is_some())
-    }
-
-    async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()> {
-        sqlx::query("INSERT INTO api_tokens (token_hash, project_id, role, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&token.token_hash)
-            .bind(&token.project_id)
-            .bind(token.role.as_str())
-            .bind(token.created_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn find_api_token(&self, token_hash: &str) -> StoreResult<Option<ApiTokenRecord>> {
-        let row = sqlx::query("SELECT token_hash, project_id, role, created_at FROM api_tokens WHERE token_hash = ?")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            let role: String = row.try_get("role")?;
-            Ok(ApiTokenRecord {
-                token_hash: row.try_get("token_hash")?,
-                project_id: row.try_get("project_id")?,
-                role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>> {
-        let rows = sqlx::query("SELECT key, value FROM project_settings WHERE project_id = ? ORDER BY key")
-            .bind(project_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let value: String = row.try_get("value")?;
-                Ok((row.try_get("key")?, serde_json::from_str(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?))
-            })
-            .collect()
-    }
-
-    async fn put_setting(&self, project_id: &str, key: &str, value: &Value, now: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO project_settings (project_id, key, value, updated_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (project_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        )
-        .bind(project_id)
-        .bind(key)
-        .bind(value.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn put_secret(&self, project_id: &str, key: &str, sealed: &Sealed, now: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO project_secrets (project_id, key, key_id, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (project_id, key) DO UPDATE
-             SET key_id = excluded.key_id, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
-        )
-        .bind(project_id)
-        .bind(key)
-        .bind(&sealed.key_id)
-        .bind(&sealed.blob)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_secrets(&self, project_id: &str) -> StoreResult<Vec<SecretRecord>> {
-        let rows = sqlx::query(
-            "SELECT key, key_id, ciphertext, updated_at FROM project_secrets WHERE project_id = ? ORDER BY key",
-        )
-        .bind(project_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SecretRecord {
-                    key: row.try_get("key")?,
-                    sealed: Sealed { key_id: row.try_get("key_id")?, blob: row.try_get("ciphertext")? },
-                    updated_at: row.try_get("updated_at")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn delete_secrets(&self, project_id: &str, keys: &[String]) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await?;
-        let mut deleted = 0;
-        for key in keys {
-            deleted += sqlx::query("DELETE FROM project_secrets WHERE project_id = ? AND key = ?")
-                .bind(project_id)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        tx.commit().await?;
-        Ok(deleted)
+impl Readiness for SqliteStore {
+    async fn ready(&self) -> StoreResult<()> {
+        migrations_applied(&self.pool, &MIGRATOR).await
     }
 }
 
-#[async_trait]
-impl FhirStore for SqliteStore {
-    async fn create_resource(
-        &self,
-        project_id: &str,
-        resource_type: &str,
-        id: &str,
-        body: Value,
-        now: i64,
-    ) -> StoreResult<StoredResource> {
-        let body = with_meta(body, id, 1, now);
-        sqlx::query(
-            "INSERT INTO fhir_resources (resource_type, id, project_id, patient_id, version_id, last_updated, content)
-             VALUES (?, ?, ?, ?, 1, ?, ?)",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(project_id)
-        .bind(patient_of(resource_type, id, &body))
-        .bind(now)
-        .bind(body.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(StoredResource { id: id.into(), version_id: 1, last_updated: now, body })
-    }
-
-    async fn read_resource(
-        &self,
-        project_id: &str,
-        resource_type: &str,
-        id: &str,
-    ) -> StoreResult<Option<StoredResource>> {
-        sqlx::query(
-            "SELECT id, version_id, last_updated, content FROM fhir_resources
-             WHERE resource_type = ? AND id = ? AND project_id = ?",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(project_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(resource_from_row)
-        .transpose()
-    }
-
-    async fn search_by_patient(
-        &self,
-        project_id: &str,
-        resource_type: &str,
-        patient_id: &str,
-    ) -> StoreResult<Vec<StoredResource>> {
-        let rows = sqlx::query(
-            "SELECT id, version_id, last_updated, content FROM fhir_resources
-             WHERE project_id = ? AND resource_type = ? AND patient_id = ? ORDER BY last_updated, id",
-        )
-        .bind(project_id)
-        .bind(resource_type)
-        .bind(patient_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(resource_from_row).collect()
-    }
-}
-
-#[async_trait]
-impl StateStore for SqliteStore {
-    async fn insert_state(&self, state: &OAuthStateRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&state.state_hash)
-        .bind(&state.project_id)
-        .bind(&state.patient_id)
-        .bind(&state.provider)
-        .bind(&state.redirect_uri)
-        .bind(state.created_at)
-        .bind(state.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn take_state(&self, state_hash: &str) -> StoreResult<Option<OAuthStateRecord>> {
-        sqlx::query(
-            "DELETE FROM oauth_states WHERE state_hash = ?
-             RETURNING state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at",
-        )
-        .bind(state_hash)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(state_from_row)
-        .transpose()
-    }
-
-    async fn delete_expired_states(&self, now: i64) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM oauth_states WHERE expires_at <= ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
-    }
-}
-
-#[async_trait]
-impl ConnectionStore for SqliteStore {
-    async fn find_connection(
-        &self,
-        project_id: &str,
-        patient_id: &str,
-        provider: &str,
-    ) -> StoreResult<Option<ConnectionRecord>> {
-        sqlx::query("SELECT * FROM connections WHERE project_id = ? AND patient_id = ? AND provider = ?")
-            .bind(project_id)
-            .bind(patient_id)
-            .bind(provider)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(connection_from_row)
-            .transpose()
-    }
-
-    async fn save_connection(&self, c: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource> {
-        // IMMEDIATE takes the write lock up front: a deferred read-then-write transaction could
-        // deadlock against another writer instead of waiting on the busy timeout.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing: Option<(String, i64)> = sqlx::query_as(
-            "SELECT c.endpoint_id, r.version_id FROM connections c
-             JOIN fhir_resources r ON r.resource_type = 'Endpoint' AND r.id = c.endpoint_id
-             WHERE c.project_id = ? AND c.patient_id = ? AND c.provider = ?",
-        )
-        .bind(&c.project_id)
-        .bind(&c.patient_id)
-        .bind(&c.provider)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let version_id = match &existing {
-            Some((id, _)) if id != &c.endpoint_id => return Err(StoreError::Conflict),
-            Some((_, version)) => version + 1,
-            None => 1,
-        };
-        let body = with_meta(endpoint, &c.endpoint_id, version_id, c.updated_at);
-        sqlx::query(
-            "INSERT INTO fhir_resources (resource_type, id, project_id, patient_id, version_id, last_updated, content)
-             VALUES ('Endpoint', ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (resource_type, id) DO UPDATE
-             SET version_id = excluded.version_id, last_updated = excluded.last_updated, content = excluded.content",
-        )
-        .bind(&c.endpoint_id)
-        .bind(&c.project_id)
-        .bind(&c.patient_id)
-        .bind(version_id)
-        .bind(c.updated_at)
-        .bind(body.to_string())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO connections (endpoint_id, project_id, patient_id, provider, remote_user_id, scopes, status,
-                 token_key_id, token_ciphertext, expires_at, connected_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (endpoint_id) DO UPDATE SET remote_user_id = excluded.remote_user_id,
-                 scopes = excluded.scopes, status = excluded.status, token_key_id = excluded.token_key_id,
-                 token_ciphertext = excluded.token_ciphertext, expires_at = excluded.expires_at,
-                 connected_at = excluded.connected_at, updated_at = excluded.updated_at",
-        )
-        .bind(&c.endpoint_id)
-        .bind(&c.project_id)
-        .bind(&c.patient_id)
-        .bind(&c.provider)
-        .bind(&c.remote_user_id)
-        .bind(serde_json::to_string(&c.scopes).expect("strings serialize"))
-        .bind(&c.status)
-        .bind(&c.tokens.key_id)
-        .bind(&c.tokens.blob)
-        .bind(c.expires_at)
-        .bind(c.connected_at)
-        .bind(c.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(StoredResource { id: c.endpoint_id.clone(), version_id, last_updated: c.updated_at, body })
-    }
-}
+impl_sql_store!(store: SqliteStore, row: SqliteRow, begin_write: begin_immediate, lock_rows: "");

@@ -13,6 +13,124 @@ use wearlink::{projects, Config, Services};
 
 pub use stand_in::{StandIn, TokenMode};
 
+/// Which store a test runs on; every story runs on both (see `on_both_backends!`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Backend)` as two tests, `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("WEARLINK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh database for one test: a SQLite file in a temp folder, or a new PostgreSQL database
+/// dropped when the test ends.
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}/wearlink.db", dir.path().display());
+                TestDatabase { backend, url, dir, pg_name: None }
+            }
+            Backend::Postgres => {
+                let name = format!("wl_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = sqlx::PgPool::connect(&postgres_admin_url())
+                    .await
+                    .expect("PostgreSQL at WEARLINK_TEST_POSTGRES_URL (default 127.0.0.1:5432) is needed");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+                admin.close().await;
+                let mut url = url::Url::parse(&postgres_admin_url()).unwrap();
+                url.set_path(&name);
+                TestDatabase { backend, url: url.to_string(), dir, pg_name: Some(name) }
+            }
+        }
+    }
+
+    /// Everything stored, as bytes, to look for what must never be stored in clear.
+    pub async fn stored_bytes(&self) -> Vec<u8> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut all = Vec::new();
+                for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.file_name().unwrap().to_string_lossy().starts_with("wearlink.db") {
+                        all.extend(std::fs::read(path).unwrap());
+                    }
+                }
+                all
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+                let tables: Vec<(String,)> = sqlx::query_as(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let mut all = Vec::new();
+                for (table,) in tables {
+                    let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT CAST(t AS TEXT) FROM {table} t"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                    for (row,) in rows {
+                        all.extend(row.into_bytes());
+                    }
+                }
+                pool.close().await;
+                all
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop runs inside the test's runtime: do the async work on a thread of its own.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(admin) = sqlx::PgPool::connect(&postgres_admin_url()).await {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                        admin.close().await;
+                    }
+                });
+            })
+            .join()
+            .ok();
+        }
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub services: Arc<Services>,
@@ -21,7 +139,7 @@ pub struct TestApp {
     /// The project's admin token.
     pub admin: String,
     pub project_id: String,
-    pub dir: tempfile::TempDir,
+    pub db: Arc<TestDatabase>,
 }
 
 pub struct Options {
@@ -36,35 +154,39 @@ impl Default for Options {
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(Options::default()).await
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, Options::default()).await
     }
 
-    pub async fn spawn_with(options: Options) -> Self {
+    pub async fn spawn_with(backend: Backend, options: Options) -> Self {
         let stand_in = StandIn::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let db = Arc::new(TestDatabase::create(backend).await);
         let env: Vec<(String, String)> = stand_in.provider_env();
-        let db = format!("sqlite://{}/wearlink.db", dir.path().display());
         let mut config = Config::from_vars(|name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| match name {
-                "WEARLINK_DATABASE_URL" => Some(db.clone()),
-                "WEARLINK_DATA_DIR" => Some(dir.path().display().to_string()),
+                "WEARLINK_DATABASE_URL" => Some(db.url.clone()),
+                "WEARLINK_DATA_DIR" => Some(db.dir.path().display().to_string()),
                 _ => None,
             })
         })
         .unwrap();
-        config.bind = addr;
-        config.base_url = wearlink::config::base_url_for(addr);
+        config.master_key = Some(wearlink::crypto::Keyring::generate_encoded());
         config.state_ttl = options.state_ttl;
         config.provider_timeout = options.provider_timeout;
-        let services = Services::start(config).await.unwrap();
-        let router = wearlink::http::router(Arc::clone(&services));
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        config.pool.acquire_timeout = Duration::from_millis(500);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.base_url = wearlink::config::base_url_for(listener.local_addr().unwrap());
+        let (base, services) = serve(config, listener).await;
         let (project_id, admin) = projects::create_project(&services, "clinic").await.unwrap();
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        TestApp { base: format!("http://{addr}"), services, stand_in, http, admin, project_id, dir }
+        TestApp { base, services, stand_in, http, admin, project_id, db }
+    }
+
+    /// Another instance of the service on the same database and public base URL, as behind a
+    /// load balancer. Answers its own address.
+    pub async fn second_instance(&self) -> (String, Arc<Services>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        serve(self.services.config.clone(), listener).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -177,17 +299,24 @@ impl TestApp {
         bundle
     }
 
-    /// Every byte of the SQLite database files (main file and WAL).
-    pub fn database_bytes(&self) -> Vec<u8> {
-        let mut all = Vec::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.file_name().unwrap().to_string_lossy().starts_with("wearlink.db") {
-                all.extend(std::fs::read(path).unwrap());
-            }
+    /// Asserts that none of `values` is stored in clear (as text or hex) anywhere in the database.
+    pub async fn assert_not_stored(&self, values: &[String]) {
+        let stored = self.db.stored_bytes().await;
+        assert!(!stored.is_empty());
+        for value in values {
+            assert!(!contains(&stored, value), "stored in clear: {value}");
+            assert!(!contains(&stored, &hex::encode(value)), "stored in clear (hex): {value}");
         }
-        all
     }
+}
+
+/// Starts the router for `config` on `listener`; answers its base URL and services.
+async fn serve(config: Config, listener: tokio::net::TcpListener) -> (String, Arc<Services>) {
+    let addr = listener.local_addr().unwrap();
+    let services = Services::start(config).await.unwrap();
+    let router = wearlink::http::router(Arc::clone(&services));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{addr}"), services)
 }
 
 /// The query of a URL as a map.

@@ -1,0 +1,45 @@
+//! PostgreSQL, for several stateless instances behind one database.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use super::sql::impl_sql_store;
+use super::*;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl PostgresStore {
+    /// Connects and applies migrations (sqlx takes an advisory lock, so instances starting together
+    /// migrate once).
+    pub async fn connect(database_url: &str, pool: &PoolSettings) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(database_url)?.application_name("wearlink");
+        let pool = PgPoolOptions::new()
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self { pool })
+    }
+}
+
+async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin().await
+}
+
+#[async_trait]
+impl Readiness for PostgresStore {
+    async fn ready(&self) -> StoreResult<()> {
+        migrations_applied(&self.pool, &MIGRATOR).await
+    }
+}
+
+impl_sql_store!(store: PostgresStore, row: PgRow, begin_write: begin, lock_rows: " FOR UPDATE");
