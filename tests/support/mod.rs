@@ -25,11 +25,11 @@ pub enum Backend {
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 super::$name($crate::support::Backend::Sqlite).await
             }
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 super::$name($crate::support::Backend::Postgres).await
             }
@@ -145,11 +145,58 @@ pub struct TestApp {
 pub struct Options {
     pub state_ttl: Duration,
     pub provider_timeout: Duration,
+    /// Reach PostgreSQL through this address (a `FlakyProxy`) instead of directly.
+    pub database_via: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { state_ttl: Duration::from_secs(600), provider_timeout: Duration::from_secs(2) }
+        Self { state_ttl: Duration::from_secs(600), provider_timeout: Duration::from_secs(2), database_via: None }
+    }
+}
+
+/// A TCP proxy to a database that can be cut (every connection dropped, new ones refused) and
+/// restored: the database "going away" without disturbing other tests.
+pub struct FlakyProxy {
+    pub addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl FlakyProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = FlakyProxy {
+            addr: listener.local_addr().unwrap(),
+            up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            connections: Arc::default(),
+        };
+        let (up, connections) = (Arc::clone(&proxy.up), Arc::clone(&proxy.connections));
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections.lock().unwrap().push(task);
+            }
+        });
+        proxy
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -162,9 +209,14 @@ impl TestApp {
         let stand_in = StandIn::start().await;
         let db = Arc::new(TestDatabase::create(backend).await);
         let env: Vec<(String, String)> = stand_in.provider_env();
+        let mut database_url = url::Url::parse(&db.url).unwrap();
+        if let Some(via) = options.database_via {
+            database_url.set_ip_host(via.ip()).unwrap();
+            database_url.set_port(Some(via.port())).unwrap();
+        }
         let mut config = Config::from_vars(|name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| match name {
-                "WEARLINK_DATABASE_URL" => Some(db.url.clone()),
+                "WEARLINK_DATABASE_URL" => Some(database_url.to_string()),
                 "WEARLINK_DATA_DIR" => Some(db.dir.path().display().to_string()),
                 _ => None,
             })
