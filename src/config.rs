@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::connections::RefreshPolicy;
 use crate::providers::ProviderUrls;
 use crate::store::PoolSettings;
 
@@ -38,6 +39,10 @@ pub struct Config {
     /// How long a connect `state` stays valid.
     pub state_ttl: Duration,
     pub log_json: bool,
+    /// Refresh window, leases, backoff and concurrency of the token refresher.
+    pub refresh: RefreshPolicy,
+    /// How often each instance looks for tokens to refresh and revocations to retry.
+    pub refresh_interval: Duration,
 }
 
 impl Config {
@@ -55,6 +60,8 @@ impl Config {
             provider_timeout: Duration::from_secs(10),
             state_ttl: Duration::from_secs(600),
             log_json: false,
+            refresh: RefreshPolicy::default(),
+            refresh_interval: Duration::from_secs(60),
         }
     }
 
@@ -80,6 +87,10 @@ impl Config {
             .unwrap_or_default();
         config.provider_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_PROVIDER_TIMEOUT_MS", "10000")?);
         config.state_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_STATE_TTL_SECS", "600")?);
+        config.refresh.window = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_WINDOW_SECS", "1800")?);
+        config.refresh.lease = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_LEASE_SECS", "120")?);
+        config.refresh.concurrency = parse_var(&var, "WEARLINK_REFRESH_CONCURRENCY", "16")?;
+        config.refresh_interval = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_INTERVAL_SECS", "60")?);
         config.log_json = var("WEARLINK_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
         for slug in crate::providers::SLUGS {
             let upper = slug.to_ascii_uppercase();

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
-use serde_json::json;
 use url::Url;
 
+use crate::connections::{endpoint_body, endpoint_owner, TokenMaterial};
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::{Error, Result};
-use crate::fhir::{self, EndpointFacts};
 use crate::projects::{self, Principal};
 use crate::providers::{Provider, ProviderError, TokenSet};
 use crate::store::{ConnectionRecord, OAuthStateRecord, StoreError};
@@ -219,7 +217,7 @@ async fn complete(
         Failure::ProviderRegistrationFailed
     })?;
     let scopes = granted_scopes(provider, params, &tokens);
-    save(services, provider, state, &tokens, scopes).await.map_err(|e| server_error(&e))
+    save(services, provider, state, tokens, scopes).await.map_err(|e| server_error(&e))
 }
 
 fn server_error(e: &Error) -> Failure {
@@ -235,45 +233,28 @@ fn granted_scopes(provider: &dyn Provider, params: &CallbackParams, tokens: &Tok
     tokens.scopes.clone().unwrap_or_else(|| provider.scopes())
 }
 
-/// Associated data binding sealed tokens to their Endpoint.
-pub fn endpoint_owner(project_id: &str, endpoint_id: &str) -> String {
-    format!("endpoint:{project_id}:{endpoint_id}")
-}
-
 /// Writes the connection: one Endpoint per (project, patient, provider), a new version on reconnect.
 async fn save(
     services: &Services,
     provider: &dyn Provider,
     state: &OAuthStateRecord,
-    tokens: &TokenSet,
+    tokens: TokenSet,
     scopes: Vec<String>,
 ) -> Result<String> {
-    let secret = json!({
-        "access_token": tokens.access_token.expose_secret(),
-        "refresh_token": tokens.refresh_token.as_ref().map(|t| t.expose_secret().to_string()),
-        "token_type": tokens.token_type,
-    })
-    .to_string();
-    let identifier_system = provider.identifier_system();
+    let material = TokenMaterial {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        token_type: tokens.token_type,
+    };
     // A concurrent first connect of the same patient may create the Endpoint between our read and
     // write; then we adopt its id (the tokens are sealed to the id, so we seal again).
     for _ in 0..3 {
         let existing = services.store.find_connection(&state.project_id, &state.patient_id, provider.slug()).await?;
         let endpoint_id = existing.map(|c| c.endpoint_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let now = now_ms();
-        let endpoint = fhir::endpoint(&EndpointFacts {
-            patient_id: &state.patient_id,
-            provider_slug: provider.slug(),
-            provider_name: provider.display_name(),
-            api_base: provider.urls().api.as_str(),
-            identifier_system: &identifier_system,
-            remote_user_id: &tokens.remote_user_id,
-            scopes: &scopes,
-            token_expires_at: tokens.expires_at,
-            status: "active",
-        });
         let record = ConnectionRecord {
-            tokens: services.keyring.seal(secret.as_bytes(), &endpoint_owner(&state.project_id, &endpoint_id)),
+            tokens: Some(material.seal(&services.keyring, &endpoint_owner(&state.project_id, &endpoint_id))),
+            has_refresh_token: material.refresh_token.is_some(),
             endpoint_id,
             project_id: state.project_id.clone(),
             patient_id: state.patient_id.clone(),
@@ -284,8 +265,12 @@ async fn save(
             expires_at: tokens.expires_at,
             connected_at: now,
             updated_at: now,
+            last_refreshed_at: None,
+            last_error: None,
+            refresh_failures: 0,
+            next_attempt_at: None,
         };
-        match services.store.save_connection(&record, endpoint).await {
+        match services.store.save_connection(&record, endpoint_body(provider, &record)).await {
             Ok(stored) => return Ok(stored.id),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e.into()),

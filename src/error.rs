@@ -19,6 +19,9 @@ pub enum Error {
     ProviderDisabled { provider: String, setting: String },
     #[error("provider credentials missing: set {}", keys.join(", "))]
     CredentialsMissing { keys: Vec<String> },
+    /// The request is valid but the resource is in a state that forbids it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("the state is unknown, expired, already used or for another provider")]
     InvalidState,
     #[error(transparent)]

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod connections;
 pub mod crypto;
 pub mod error;
 pub mod fhir;
@@ -27,6 +28,8 @@ pub struct Services {
     pub providers: providers::Registry,
     /// Outbound client for provider calls (no redirects, timeouts from config).
     pub http: reqwest::Client,
+    /// This process, as it names itself on leases.
+    pub instance_id: String,
 }
 
 impl Services {
@@ -49,6 +52,7 @@ impl Services {
         Ok(Arc::new(Self {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::http_client(config.provider_timeout),
+            instance_id: uuid::Uuid::new_v4().to_string(),
             keyring,
             store,
             config,

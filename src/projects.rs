@@ -17,9 +17,16 @@ use crate::Services;
 pub struct Principal {
     pub project_id: String,
     pub role: Role,
+    /// A fingerprint of the API token (a prefix of its hash), for audit records.
+    pub token_fingerprint: String,
 }
 
 impl Principal {
+    /// How audit records name this caller.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token_fingerprint)
+    }
+
     pub fn require_admin(&self) -> Result<()> {
         match self.role {
             Role::Admin => Ok(()),
@@ -77,7 +84,8 @@ pub async fn create_token(services: &Services, project_id: &str, role: Role) -> 
 
 pub async fn authenticate(services: &Services, bearer: &str) -> Result<Principal> {
     let record = services.store.find_api_token(&sha256_hex(bearer)).await?.ok_or(Error::Unauthenticated)?;
-    Ok(Principal { project_id: record.project_id, role: record.role })
+    let token_fingerprint = record.token_hash[..16].to_string();
+    Ok(Principal { project_id: record.project_id, role: record.role, token_fingerprint })
 }
 
 // ---- settings ----

@@ -22,6 +22,9 @@ pub fn ext_scope() -> String {
 pub fn ext_token_expires() -> String {
     format!("{BASE}/StructureDefinition/endpoint-token-expires-at")
 }
+pub fn ext_status_reason() -> String {
+    format!("{BASE}/StructureDefinition/endpoint-status-reason")
+}
 pub fn provider_code_system() -> String {
     format!("{BASE}/CodeSystem/wearable-provider")
 }
@@ -37,6 +40,8 @@ pub struct EndpointFacts<'a> {
     pub scopes: &'a [String],
     pub token_expires_at: Option<i64>,
     pub status: &'a str,
+    /// Why the connection is not active (`invalid_grant: …`, `disconnected`).
+    pub status_reason: Option<&'a str>,
 }
 
 /// The Endpoint body (without `id` and `meta`, which the store sets).
@@ -48,6 +53,9 @@ pub fn endpoint(f: &EndpointFacts<'_>) -> Value {
     extension.extend(f.scopes.iter().map(|s| json!({ "url": ext_scope(), "valueString": s })));
     if let Some(expires) = f.token_expires_at {
         extension.push(json!({ "url": ext_token_expires(), "valueInstant": crate::time::to_rfc3339(expires) }));
+    }
+    if let Some(reason) = f.status_reason {
+        extension.push(json!({ "url": ext_status_reason(), "valueString": reason }));
     }
     json!({
         "resourceType": "Endpoint",
@@ -135,6 +143,7 @@ mod tests {
             scopes: &scopes,
             token_expires_at: Some(0),
             status: "active",
+            status_reason: None,
         });
         assert_eq!(patient_reference(&body).as_deref(), Some("p-1"));
         assert_eq!(body["connectionType"]["code"], "strava");

@@ -56,6 +56,7 @@ impl ApiError {
                 Error::ProviderDisabled { .. } => (S::UNPROCESSABLE_ENTITY, "provider_disabled", detail),
                 Error::CredentialsMissing { .. } => (S::UNPROCESSABLE_ENTITY, "credentials_missing", detail),
                 Error::InvalidState => (S::BAD_REQUEST, "invalid_state", detail),
+                Error::Conflict(_) => (S::CONFLICT, "conflict", detail),
                 Error::Store(StoreError::Unavailable(_)) => {
                     (S::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry shortly".into())
                 }

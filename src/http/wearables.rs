@@ -193,3 +193,122 @@ pub async fn delete_credentials(
 ) -> ApiResult<Json<CredentialsResponse>> {
     Ok(Json(projects::delete_credentials(&s, &principal, &provider).await?.into()))
 }
+
+// ---- connections ----
+
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionsQuery {
+    pub patient_id: Option<String>,
+    pub provider: Option<String>,
+}
+
+/// One connection, as the platform documents it, plus our lifecycle fields. Never token material.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// The Endpoint id.
+    pub id: String,
+    pub provider: String,
+    pub patient_id: String,
+    pub remote_user_id: String,
+    /// Epoch milliseconds.
+    pub expires_at: Option<i64>,
+    pub scopes: Vec<String>,
+    /// `active`, `error` or `off`.
+    pub status: String,
+    /// Epoch milliseconds.
+    pub connected_at: i64,
+    /// Epoch milliseconds.
+    pub last_refreshed_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ConnectionsResponse {
+    pub connections: Vec<Connection>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisconnectResponse {
+    pub ok: bool,
+    /// The provider could not be reached; the revoke is retried in the background.
+    pub revoke_pending: bool,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessTokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    /// Epoch milliseconds.
+    pub expires_at: Option<i64>,
+}
+
+/// The project's connections, optionally filtered by patient and provider.
+#[utoipa::path(get, path = "/v1/wearables/connections", tag = "wearables", security(("bearer" = [])),
+    params(ConnectionsQuery),
+    responses((status = 200, body = ConnectionsResponse), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn list_connections(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<ConnectionsQuery>,
+) -> ApiResult<Json<ConnectionsResponse>> {
+    let filter = crate::store::ConnectionFilter { patient_id: query.patient_id, provider: query.provider };
+    let connections = crate::connections::list(&s, &principal, filter)
+        .await?
+        .into_iter()
+        .map(|c| Connection {
+            id: c.endpoint_id,
+            provider: c.provider,
+            patient_id: c.patient_id,
+            remote_user_id: c.remote_user_id,
+            expires_at: c.tokens.as_ref().and(c.expires_at),
+            scopes: c.scopes,
+            status: c.status,
+            connected_at: c.connected_at,
+            last_refreshed_at: c.last_refreshed_at,
+            last_error: c.last_error,
+        })
+        .collect();
+    Ok(Json(ConnectionsResponse { connections }))
+}
+
+/// Disconnects a patient from a provider: revokes upstream, wipes the tokens, sets the Endpoint
+/// `off`. Idempotent.
+#[utoipa::path(delete, path = "/v1/wearables/{provider}/connections/{patientId}", tag = "wearables",
+    security(("bearer" = [])),
+    params(("provider" = String, Path), ("patientId" = String, Path)),
+    responses((status = 200, body = DisconnectResponse), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn disconnect(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath((provider, patient_id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<DisconnectResponse>> {
+    let done = crate::connections::disconnect(&s, &principal, &provider, &patient_id).await?;
+    Ok(Json(DisconnectResponse { ok: true, revoke_pending: done.revoke_pending }))
+}
+
+/// A currently valid access token for the platform's own data jobs (admin; refreshed first when
+/// about to expire). Every call is audited.
+#[utoipa::path(post, path = "/v1/wearables/connections/{endpointId}/token", tag = "wearables",
+    security(("bearer" = [])),
+    params(("endpointId" = String, Path)),
+    responses((status = 200, body = AccessTokenResponse), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem, description = "The connection is not active")))]
+pub async fn access_token(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(endpoint_id): ApiPath<String>,
+) -> ApiResult<Response> {
+    use secrecy::ExposeSecret;
+    let grant = crate::connections::access_token(&s, &principal, &endpoint_id).await?;
+    let body = AccessTokenResponse {
+        access_token: grant.access_token.expose_secret().to_string(),
+        token_type: grant.token_type,
+        expires_at: grant.expires_at,
+    };
+    Ok(no_store(Json(body).into_response()))
+}

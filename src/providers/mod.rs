@@ -34,6 +34,8 @@ pub struct ProviderUrls {
     pub token: Option<Url>,
     /// The API base that paths are appended to.
     pub api: Option<Url>,
+    /// Where access is revoked (Strava's deauthorize); providers that revoke through their API ignore it.
+    pub revoke: Option<Url>,
 }
 
 /// A provider's URLs with defaults applied.
@@ -42,16 +44,18 @@ pub struct ResolvedUrls {
     pub authorize: Url,
     pub token: Url,
     pub api: Url,
+    pub revoke: Option<Url>,
 }
 
 impl ResolvedUrls {
-    fn new(overrides: Option<&ProviderUrls>, authorize: &str, token: &str, api: &str) -> Self {
+    fn new(overrides: Option<&ProviderUrls>, authorize: &str, token: &str, api: &str, revoke: Option<&str>) -> Self {
         let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| Url::parse(d).expect("default URL"));
         let o = overrides.cloned().unwrap_or_default();
         Self {
             authorize: pick(o.authorize.as_ref(), authorize),
             token: pick(o.token.as_ref(), token),
             api: pick(o.api.as_ref(), api),
+            revoke: o.revoke.or_else(|| revoke.map(|r| Url::parse(r).expect("default URL"))),
         }
     }
 
@@ -81,8 +85,29 @@ pub struct TokenSet {
     pub scopes: Option<Vec<String>>,
 }
 
+/// What a refresh hands back. Some providers rotate the refresh token, some do not send one.
+pub struct RefreshedTokens {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub token_type: String,
+    /// Epoch milliseconds.
+    pub expires_at: Option<i64>,
+}
+
+/// What a revocation needs to know about the connection.
+pub struct RevocationTarget<'a> {
+    pub access_token: &'a SecretString,
+    pub remote_user_id: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
+    /// The grant is dead (refresh token revoked, used or expired): the connection cannot recover.
+    #[error("the provider refused the grant (invalid_grant)")]
+    InvalidGrant,
+    /// 429; wait at least `retry_after` when the provider says so.
+    #[error("rate limited by the provider")]
+    RateLimited { retry_after: Option<std::time::Duration> },
     /// Could not reach the provider, or it did not answer in time.
     #[error("provider unreachable")]
     Unreachable,
@@ -120,6 +145,20 @@ pub trait Provider: Send + Sync {
     ) -> Result<(), ProviderError> {
         Ok(())
     }
+    /// Whether `refresh` can renew tokens (Polar's never expire by refresh: there is no refresh token).
+    fn supports_refresh(&self) -> bool {
+        false
+    }
+    async fn refresh(
+        &self,
+        _http: &reqwest::Client,
+        _credentials: &ClientCredentials,
+        _refresh_token: &SecretString,
+    ) -> Result<RefreshedTokens, ProviderError> {
+        Err(ProviderError::InvalidGrant)
+    }
+    /// Revokes our access at the provider. Access that is already gone counts as revoked.
+    async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError>;
     /// The FHIR identifier system for this provider's user ids.
     fn identifier_system(&self) -> String {
         format!("{}/sid/{}-user-id", crate::fhir::BASE, self.slug())
@@ -223,6 +262,87 @@ impl OAuthFlow<'_> {
                 RequestTokenError::Parse(_, _) => ProviderError::BadAnswer("token answer"),
                 RequestTokenError::Other(_) => ProviderError::Refused { status: None, error: None },
             })
+    }
+}
+
+/// A token answer as providers send it on refresh.
+#[derive(serde::Deserialize)]
+struct RawTokenAnswer {
+    access_token: String,
+    refresh_token: Option<String>,
+    token_type: Option<String>,
+    /// Epoch seconds (Strava).
+    expires_at: Option<i64>,
+    expires_in: Option<i64>,
+}
+
+/// POSTs a token form by hand (refresh): unlike the `oauth2` crate's exchange, this keeps the
+/// status and `Retry-After`, so a dead grant can be told from a passing failure. Strava's errors
+/// are not RFC 6749 shaped (`{"message", "errors": [{"resource", "field", "code"}]}`); both are read.
+pub(crate) async fn post_token_form(
+    http: &reqwest::Client,
+    url: &Url,
+    form: &[(&str, &str)],
+    basic: Option<&ClientCredentials>,
+) -> Result<RefreshedTokens, ProviderError> {
+    let mut request = http.post(url.clone()).header(reqwest::header::ACCEPT, "application/json").form(form);
+    if let Some(c) = basic {
+        request = request.basic_auth(&c.client_id, Some(c.client_secret.expose_secret()));
+    }
+    let response = request.send().await.map_err(|_| ProviderError::Unreachable)?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await.map_err(|_| ProviderError::Unreachable)?;
+    if status.is_success() {
+        let answer: RawTokenAnswer =
+            serde_json::from_slice(&body).map_err(|_| ProviderError::BadAnswer("token answer"))?;
+        let now = crate::time::now_ms();
+        return Ok(RefreshedTokens {
+            access_token: SecretString::from(answer.access_token),
+            refresh_token: answer.refresh_token.map(SecretString::from),
+            token_type: answer.token_type.unwrap_or_else(|| "Bearer".into()),
+            expires_at: answer.expires_at.map(|s| s * 1000).or(answer.expires_in.map(|s| now + s * 1000)),
+        });
+    }
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(ProviderError::RateLimited { retry_after });
+    }
+    let error = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| oauth_error_code(&v));
+    match error.as_deref() {
+        Some("invalid_grant") => Err(ProviderError::InvalidGrant),
+        _ => Err(ProviderError::Refused { status: Some(status.as_u16()), error }),
+    }
+}
+
+/// The RFC 6749 `error`, or Strava's equivalent: an invalid `RefreshToken` means `invalid_grant`.
+fn oauth_error_code(body: &serde_json::Value) -> Option<String> {
+    if let Some(code) = body.get("error").and_then(|e| e.as_str()) {
+        return Some(code.to_string());
+    }
+    let errors = body.get("errors")?.as_array()?;
+    let refresh_token_invalid = errors.iter().any(|e| {
+        e.get("resource").and_then(|r| r.as_str()) == Some("RefreshToken")
+            || e.get("field").and_then(|f| f.as_str()) == Some("refresh_token")
+    });
+    if refresh_token_invalid {
+        return Some("invalid_grant".into());
+    }
+    errors.first()?.get("resource")?.as_str().map(|r| format!("{}_invalid", r.to_ascii_lowercase()))
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(std::time::Duration::from_secs)
+}
+
+/// Classifies the status of a revocation call: success, or access already gone, is done.
+pub(crate) fn revocation_result(status: reqwest::StatusCode) -> Result<(), ProviderError> {
+    use reqwest::StatusCode as S;
+    match status {
+        s if s.is_success() => Ok(()),
+        S::UNAUTHORIZED | S::FORBIDDEN | S::NOT_FOUND => Ok(()),
+        S::TOO_MANY_REQUESTS => Err(ProviderError::RateLimited { retry_after: None }),
+        s => Err(ProviderError::Refused { status: Some(s.as_u16()), error: None }),
     }
 }
 

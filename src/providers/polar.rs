@@ -7,7 +7,10 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls, ResolvedUrls, TokenSet};
+use super::{
+    revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls, ResolvedUrls,
+    RevocationTarget, TokenSet,
+};
 
 pub const SLUG: &str = "polar";
 const SCOPE: &str = "accesslink.read_all";
@@ -24,6 +27,7 @@ impl Polar {
                 "https://flow.polar.com/oauth2/authorization",
                 "https://polarremote.com/v2/oauth2/token",
                 "https://www.polaraccesslink.com/v3",
+                None,
             ),
         }
     }
@@ -98,5 +102,16 @@ impl Provider for Polar {
             s if s.is_success() || s == StatusCode::CONFLICT => Ok(()),
             s => Err(ProviderError::Refused { status: Some(s.as_u16()), error: None }),
         }
+    }
+
+    /// AccessLink revokes by deleting the registered user.
+    async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError> {
+        let response = http
+            .delete(self.urls.api_url(&format!("users/{}", target.remote_user_id)))
+            .bearer_auth(target.access_token.expose_secret())
+            .send()
+            .await
+            .map_err(|_| ProviderError::Unreachable)?;
+        revocation_result(response.status())
     }
 }

@@ -5,7 +5,12 @@ use oauth2::AuthType;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls, ResolvedUrls, TokenSet};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{
+    post_token_form, revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls,
+    RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
+};
 
 pub const SLUG: &str = "strava";
 const SCOPE: &str = "read,activity:read_all";
@@ -22,6 +27,8 @@ impl Strava {
                 "https://www.strava.com/oauth/authorize",
                 "https://www.strava.com/oauth/token",
                 "https://www.strava.com/api/v3",
+                // Strava has announced POST /oauth/revoke as the successor: change it here.
+                Some("https://www.strava.com/oauth/deauthorize"),
             ),
         }
     }
@@ -93,5 +100,36 @@ impl Provider for Strava {
             _ => return Err(ProviderError::BadAnswer("token answer without athlete.id")),
         };
         Ok(token_set(&answer, athlete_id, extra.expires_at.map(|s| s * 1000)))
+    }
+
+    fn supports_refresh(&self) -> bool {
+        true
+    }
+
+    /// Each refresh may hand back a new refresh token; the old one stops working once used.
+    async fn refresh(
+        &self,
+        http: &reqwest::Client,
+        credentials: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<RefreshedTokens, ProviderError> {
+        let form = [
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.expose_secret()),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        post_token_form(http, &self.urls.token, &form, None).await
+    }
+
+    async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError> {
+        let url = self.urls.revoke.clone().expect("Strava has a revoke URL");
+        let response = http
+            .post(url)
+            .form(&[("access_token", target.access_token.expose_secret())])
+            .send()
+            .await
+            .map_err(|_| ProviderError::Unreachable)?;
+        revocation_result(response.status())
     }
 }

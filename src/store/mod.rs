@@ -128,11 +128,53 @@ pub struct ConnectionRecord {
     pub provider: String,
     pub remote_user_id: String,
     pub scopes: Vec<String>,
+    /// `active`, `error` (the provider refused the tokens) or `off` (disconnected).
     pub status: String,
-    pub tokens: Sealed,
+    /// Sealed `{access_token, refresh_token, token_type}`; `None` once wiped.
+    pub tokens: Option<Sealed>,
+    pub has_refresh_token: bool,
     pub expires_at: Option<i64>,
     pub connected_at: i64,
     pub updated_at: i64,
+    pub last_refreshed_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub refresh_failures: i64,
+    /// No refresh attempt before this (backoff and cooldown).
+    pub next_attempt_at: Option<i64>,
+}
+
+/// A disconnect whose upstream revoke has not succeeded yet.
+#[derive(Clone, Debug)]
+pub struct PendingRevocation {
+    pub id: String,
+    pub project_id: String,
+    pub endpoint_id: String,
+    pub provider: String,
+    pub remote_user_id: String,
+    /// The access token, sealed to this revocation's id.
+    pub token: Sealed,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub project_id: String,
+    /// Who: `token:<fingerprint>`.
+    pub actor: String,
+    pub action: String,
+    pub endpoint_id: Option<String>,
+    pub at: i64,
+}
+
+/// Filters of a connection listing.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionFilter {
+    pub patient_id: Option<String>,
+    pub provider: Option<String>,
 }
 
 #[async_trait]
@@ -191,9 +233,66 @@ pub trait ConnectionStore: Send + Sync {
         patient_id: &str,
         provider: &str,
     ) -> StoreResult<Option<ConnectionRecord>>;
+    async fn find_connection_by_endpoint(&self, endpoint_id: &str) -> StoreResult<Option<ConnectionRecord>>;
+    async fn list_connections(&self, project_id: &str, filter: &ConnectionFilter)
+        -> StoreResult<Vec<ConnectionRecord>>;
     /// Writes the connection and its Endpoint (a new version when it exists) in one transaction.
     /// `StoreError::Conflict` when a different Endpoint id already holds (project, patient, provider).
     async fn save_connection(&self, connection: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource>;
+
+    /// Leases up to `limit` active connections with a refresh token expiring before `due_before`,
+    /// whose lease is free or ran out and whose backoff has passed. Of several instances claiming
+    /// at once, each connection goes to one.
+    async fn claim_due_refreshes(&self, lease: &Lease, due_before: i64, limit: i64) -> StoreResult<Vec<String>>;
+    /// Leases one connection (free or expired lease) whatever its expiry; false when another holds it.
+    async fn claim_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<bool>;
+    async fn release_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<()>;
+    /// Replaces tokens and expiry, clears failures and the lease, writes a new Endpoint version;
+    /// only while `lease` still holds the connection and it is active. `None` when it did not.
+    async fn complete_refresh(
+        &self,
+        lease: &Lease,
+        connection: &ConnectionRecord,
+        endpoint: Value,
+    ) -> StoreResult<Option<StoredResource>>;
+    /// Records a failed attempt (failures, next attempt, last error) and frees the lease.
+    async fn record_refresh_failure(
+        &self,
+        lease: &Lease,
+        endpoint_id: &str,
+        failures: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> StoreResult<()>;
+    /// Sets the connection's status (`error`, `off`) with a reason, wipes its tokens when asked,
+    /// frees any lease and writes a new Endpoint version; with `revocation`, queues it in the
+    /// same transaction. Answers false when the connection was already in that status.
+    async fn set_connection_status(
+        &self,
+        endpoint_id: &str,
+        status: &str,
+        reason: Option<&str>,
+        wipe_tokens: bool,
+        endpoint: Value,
+        revocation: Option<&PendingRevocation>,
+    ) -> StoreResult<bool>;
+
+    /// Leases up to `limit` pending revocations due by `lease.now` until `lease.until`.
+    async fn claim_due_revocations(&self, lease: &Lease, limit: i64) -> StoreResult<Vec<PendingRevocation>>;
+    async fn complete_revocation(&self, id: &str) -> StoreResult<()>;
+    async fn fail_revocation(&self, id: &str, attempts: i64, next_attempt_at: i64, error: &str) -> StoreResult<()>;
+    async fn count_pending_revocations(&self, project_id: &str) -> StoreResult<i64>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    async fn list_audit(&self, project_id: &str) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// A time-limited claim by one instance.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub owner: String,
+    pub now: i64,
+    pub until: i64,
 }
 
 #[async_trait]

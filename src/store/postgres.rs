@@ -42,4 +42,11 @@ impl Readiness for PostgresStore {
     }
 }
 
-impl_sql_store!(store: PostgresStore, row: PgRow, begin_write: begin, lock_rows: " FOR UPDATE");
+impl_sql_store!(
+    store: PostgresStore,
+    db: sqlx::Postgres,
+    row: PgRow,
+    begin_write: begin,
+    lock_rows: " FOR UPDATE",
+    skip_locked: " FOR UPDATE SKIP LOCKED",
+);

@@ -5,7 +5,14 @@
 
 /// Implements the four store traits for `$store` (which has a `pool` field).
 macro_rules! impl_sql_store {
-    (store: $store:ty, row: $row:ty, begin_write: $begin_write:expr, lock_rows: $lock_rows:literal $(,)?) => {
+    (
+        store: $store:ty,
+        db: $db:ty,
+        row: $row:ty,
+        begin_write: $begin_write:expr,
+        lock_rows: $lock_rows:literal,
+        skip_locked: $skip_locked:literal $(,)?
+    ) => {
     fn resource_from_row(row: &$row) -> StoreResult<StoredResource> {
         let content: String = row.try_get("content")?;
         Ok(StoredResource {
@@ -38,11 +45,63 @@ macro_rules! impl_sql_store {
             remote_user_id: row.try_get("remote_user_id")?,
             scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             status: row.try_get("status")?,
-            tokens: Sealed { key_id: row.try_get("token_key_id")?, blob: row.try_get("token_ciphertext")? },
+            tokens: match (row.try_get::<Option<String>, _>("token_key_id")?, row.try_get::<Option<Vec<u8>>, _>("token_ciphertext")?) {
+                (Some(key_id), Some(blob)) => Some(Sealed { key_id, blob }),
+                _ => None,
+            },
+            has_refresh_token: row.try_get::<i64, _>("has_refresh_token")? != 0,
             expires_at: row.try_get("expires_at")?,
             connected_at: row.try_get("connected_at")?,
             updated_at: row.try_get("updated_at")?,
+            last_refreshed_at: row.try_get("last_refreshed_at")?,
+            last_error: row.try_get("last_error")?,
+            refresh_failures: row.try_get("refresh_failures")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
         })
+    }
+
+    fn revocation_from_row(row: &$row) -> StoreResult<PendingRevocation> {
+        Ok(PendingRevocation {
+            id: row.try_get("id")?,
+            project_id: row.try_get("project_id")?,
+            endpoint_id: row.try_get("endpoint_id")?,
+            provider: row.try_get("provider")?,
+            remote_user_id: row.try_get("remote_user_id")?,
+            token: Sealed { key_id: row.try_get("token_key_id")?, blob: row.try_get("token_ciphertext")? },
+            attempts: row.try_get("attempts")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            last_error: row.try_get("last_error")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    /// Writes `body` as the next version of an existing Endpoint, inside `tx`.
+    async fn write_endpoint_version(
+        tx: &mut sqlx::Transaction<'static, $db>,
+        endpoint_id: &str,
+        body: Value,
+        now: i64,
+    ) -> StoreResult<StoredResource> {
+        let (version,): (i64,) = sqlx::query_as(concat!(
+            "SELECT version_id FROM fhir_resources WHERE resource_type = 'Endpoint' AND id = $1",
+            $lock_rows
+        ))
+        .bind(endpoint_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let version = version + 1;
+        let body = with_meta(body, endpoint_id, version, now);
+        sqlx::query(
+            "UPDATE fhir_resources SET version_id = $1, last_updated = $2, content = $3
+             WHERE resource_type = 'Endpoint' AND id = $4",
+        )
+        .bind(version)
+        .bind(now)
+        .bind(body.to_string())
+        .bind(endpoint_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(StoredResource { id: endpoint_id.into(), version_id: version, last_updated: now, body })
     }
 
     /// The patient a resource belongs to, for `?patient=` searches.
@@ -299,6 +358,34 @@ macro_rules! impl_sql_store {
                 .transpose()
         }
 
+        async fn find_connection_by_endpoint(&self, endpoint_id: &str) -> StoreResult<Option<ConnectionRecord>> {
+            sqlx::query("SELECT * FROM connections WHERE endpoint_id = $1")
+                .bind(endpoint_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .as_ref()
+                .map(connection_from_row)
+                .transpose()
+        }
+
+        async fn list_connections(
+            &self,
+            project_id: &str,
+            filter: &ConnectionFilter,
+        ) -> StoreResult<Vec<ConnectionRecord>> {
+            let rows = sqlx::query(
+                "SELECT * FROM connections WHERE project_id = $1
+                 AND ($2 IS NULL OR patient_id = $2) AND ($3 IS NULL OR provider = $3)
+                 ORDER BY connected_at, endpoint_id",
+            )
+            .bind(project_id)
+            .bind(&filter.patient_id)
+            .bind(&filter.provider)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(connection_from_row).collect()
+        }
+
         async fn save_connection(&self, c: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource> {
             let mut tx = $begin_write(&self.pool).await?;
             let existing: Option<(String, i64)> = sqlx::query_as(concat!(
@@ -332,14 +419,18 @@ macro_rules! impl_sql_store {
             .bind(body.to_string())
             .execute(&mut *tx)
             .await?;
+            // A (re)connect starts the lifecycle afresh: no failures, no lease, no pending error.
             sqlx::query(
                 "INSERT INTO connections (endpoint_id, project_id, patient_id, provider, remote_user_id, scopes, status,
-                     token_key_id, token_ciphertext, expires_at, connected_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     token_key_id, token_ciphertext, has_refresh_token, expires_at, connected_at, updated_at,
+                     last_refreshed_at, last_error, refresh_failures, next_attempt_at, lease_owner, lease_until)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, 0, NULL, NULL, NULL)
                  ON CONFLICT (endpoint_id) DO UPDATE SET remote_user_id = excluded.remote_user_id,
                      scopes = excluded.scopes, status = excluded.status, token_key_id = excluded.token_key_id,
-                     token_ciphertext = excluded.token_ciphertext, expires_at = excluded.expires_at,
-                     connected_at = excluded.connected_at, updated_at = excluded.updated_at",
+                     token_ciphertext = excluded.token_ciphertext, has_refresh_token = excluded.has_refresh_token,
+                     expires_at = excluded.expires_at, connected_at = excluded.connected_at,
+                     updated_at = excluded.updated_at, last_refreshed_at = NULL, last_error = NULL,
+                     refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL",
             )
             .bind(&c.endpoint_id)
             .bind(&c.project_id)
@@ -348,8 +439,9 @@ macro_rules! impl_sql_store {
             .bind(&c.remote_user_id)
             .bind(serde_json::to_string(&c.scopes).expect("strings serialize"))
             .bind(&c.status)
-            .bind(&c.tokens.key_id)
-            .bind(&c.tokens.blob)
+            .bind(c.tokens.as_ref().map(|t| t.key_id.clone()))
+            .bind(c.tokens.as_ref().map(|t| t.blob.clone()))
+            .bind(i64::from(c.has_refresh_token))
             .bind(c.expires_at)
             .bind(c.connected_at)
             .bind(c.updated_at)
@@ -357,6 +449,242 @@ macro_rules! impl_sql_store {
             .await?;
             tx.commit().await?;
             Ok(StoredResource { id: c.endpoint_id.clone(), version_id, last_updated: c.updated_at, body })
+        }
+
+        async fn claim_due_refreshes(&self, lease: &Lease, due_before: i64, limit: i64) -> StoreResult<Vec<String>> {
+            let rows: Vec<(String,)> = sqlx::query_as(concat!(
+                "UPDATE connections SET lease_owner = $1, lease_until = $2
+                 WHERE endpoint_id IN (
+                     SELECT endpoint_id FROM connections
+                     WHERE status = 'active' AND has_refresh_token = 1 AND token_ciphertext IS NOT NULL
+                       AND expires_at IS NOT NULL AND expires_at <= $3
+                       AND (lease_until IS NULL OR lease_until <= $4)
+                       AND (next_attempt_at IS NULL OR next_attempt_at <= $4)
+                     ORDER BY expires_at LIMIT $5",
+                $skip_locked,
+                ")
+                 RETURNING endpoint_id"
+            ))
+            .bind(&lease.owner)
+            .bind(lease.until)
+            .bind(due_before)
+            .bind(lease.now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.into_iter().map(|(id,)| id).collect())
+        }
+
+        async fn claim_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<bool> {
+            let claimed = sqlx::query(
+                "UPDATE connections SET lease_owner = $1, lease_until = $2
+                 WHERE endpoint_id = $3 AND (lease_until IS NULL OR lease_until <= $4 OR lease_owner = $1)",
+            )
+            .bind(&lease.owner)
+            .bind(lease.until)
+            .bind(endpoint_id)
+            .bind(lease.now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(claimed == 1)
+        }
+
+        async fn release_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE endpoint_id = $1 AND lease_owner = $2",
+            )
+            .bind(endpoint_id)
+            .bind(&lease.owner)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn complete_refresh(
+            &self,
+            lease: &Lease,
+            c: &ConnectionRecord,
+            endpoint: Value,
+        ) -> StoreResult<Option<StoredResource>> {
+            let tokens = c.tokens.as_ref().ok_or_else(|| StoreError::Corrupt("refresh without tokens".into()))?;
+            let mut tx = $begin_write(&self.pool).await?;
+            let updated = sqlx::query(
+                "UPDATE connections SET token_key_id = $1, token_ciphertext = $2, has_refresh_token = $3,
+                     expires_at = $4, updated_at = $5, last_refreshed_at = $5, last_error = NULL,
+                     refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
+                 WHERE endpoint_id = $6 AND lease_owner = $7 AND status = 'active'",
+            )
+            .bind(&tokens.key_id)
+            .bind(&tokens.blob)
+            .bind(i64::from(c.has_refresh_token))
+            .bind(c.expires_at)
+            .bind(c.updated_at)
+            .bind(&c.endpoint_id)
+            .bind(&lease.owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Ok(None);
+            }
+            let stored = write_endpoint_version(&mut tx, &c.endpoint_id, endpoint, c.updated_at).await?;
+            tx.commit().await?;
+            Ok(Some(stored))
+        }
+
+        async fn record_refresh_failure(
+            &self,
+            lease: &Lease,
+            endpoint_id: &str,
+            failures: i64,
+            next_attempt_at: i64,
+            error: &str,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE connections SET refresh_failures = $1, next_attempt_at = $2, last_error = $3,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE endpoint_id = $4 AND lease_owner = $5",
+            )
+            .bind(failures)
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(endpoint_id)
+            .bind(&lease.owner)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn set_connection_status(
+            &self,
+            endpoint_id: &str,
+            status: &str,
+            reason: Option<&str>,
+            wipe_tokens: bool,
+            endpoint: Value,
+            revocation: Option<&PendingRevocation>,
+        ) -> StoreResult<bool> {
+            let now = $crate::time::now_ms();
+            let mut tx = $begin_write(&self.pool).await?;
+            let changed = sqlx::query(
+                "UPDATE connections SET status = $1, last_error = COALESCE($2, last_error), updated_at = $3,
+                     token_key_id = CASE WHEN $4 = 1 THEN NULL ELSE token_key_id END,
+                     token_ciphertext = CASE WHEN $4 = 1 THEN NULL ELSE token_ciphertext END,
+                     has_refresh_token = CASE WHEN $4 = 1 THEN 0 ELSE has_refresh_token END,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE endpoint_id = $5 AND status <> $1",
+            )
+            .bind(status)
+            .bind(reason)
+            .bind(now)
+            .bind(i64::from(wipe_tokens))
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Ok(false);
+            }
+            write_endpoint_version(&mut tx, endpoint_id, endpoint, now).await?;
+            if let Some(r) = revocation {
+                sqlx::query(
+                    "INSERT INTO pending_revocations (id, project_id, endpoint_id, provider, remote_user_id,
+                         token_key_id, token_ciphertext, attempts, next_attempt_at, last_error, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&r.id)
+                .bind(&r.project_id)
+                .bind(&r.endpoint_id)
+                .bind(&r.provider)
+                .bind(&r.remote_user_id)
+                .bind(&r.token.key_id)
+                .bind(&r.token.blob)
+                .bind(r.attempts)
+                .bind(r.next_attempt_at)
+                .bind(&r.last_error)
+                .bind(r.created_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+
+        async fn claim_due_revocations(&self, lease: &Lease, limit: i64) -> StoreResult<Vec<PendingRevocation>> {
+            // Claiming pushes the next attempt to the lease's end: a crashed claimer's work comes back then.
+            let rows = sqlx::query(concat!(
+                "UPDATE pending_revocations SET next_attempt_at = $1
+                 WHERE id IN (SELECT id FROM pending_revocations WHERE next_attempt_at <= $2
+                              ORDER BY next_attempt_at LIMIT $3",
+                $skip_locked,
+                ")
+                 RETURNING *"
+            ))
+            .bind(lease.until)
+            .bind(lease.now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(revocation_from_row).collect()
+        }
+
+        async fn complete_revocation(&self, id: &str) -> StoreResult<()> {
+            sqlx::query("DELETE FROM pending_revocations WHERE id = $1").bind(id).execute(&self.pool).await?;
+            Ok(())
+        }
+
+        async fn fail_revocation(&self, id: &str, attempts: i64, next_attempt_at: i64, error: &str) -> StoreResult<()> {
+            sqlx::query("UPDATE pending_revocations SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4")
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(error)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        }
+
+        async fn count_pending_revocations(&self, project_id: &str) -> StoreResult<i64> {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pending_revocations WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(n)
+        }
+
+        async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO audit_log (id, project_id, actor, action, endpoint_id, at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&e.id)
+            .bind(&e.project_id)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.endpoint_id)
+            .bind(e.at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn list_audit(&self, project_id: &str) -> StoreResult<Vec<AuditEntry>> {
+            let rows = sqlx::query("SELECT * FROM audit_log WHERE project_id = $1 ORDER BY at, id")
+                .bind(project_id)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(AuditEntry {
+                        id: row.try_get("id")?,
+                        project_id: row.try_get("project_id")?,
+                        actor: row.try_get("actor")?,
+                        action: row.try_get("action")?,
+                        endpoint_id: row.try_get("endpoint_id")?,
+                        at: row.try_get("at")?,
+                    })
+                })
+                .collect()
         }
     }
     };

@@ -51,4 +51,11 @@ impl Readiness for SqliteStore {
     }
 }
 
-impl_sql_store!(store: SqliteStore, row: SqliteRow, begin_write: begin_immediate, lock_rows: "");
+impl_sql_store!(
+    store: SqliteStore,
+    db: sqlx::Sqlite,
+    row: SqliteRow,
+    begin_write: begin_immediate,
+    lock_rows: "",
+    skip_locked: "",
+);
