@@ -38,6 +38,8 @@ pub struct Config {
     pub provider_timeout: Duration,
     /// How long a connect `state` stays valid.
     pub state_ttl: Duration,
+    /// How long API tokens, settings and secrets may be served from memory (0: not cached).
+    pub cache_ttl: Duration,
     pub log_json: bool,
     /// Refresh window, leases, backoff and concurrency of the token refresher.
     pub refresh: RefreshPolicy,
@@ -59,6 +61,7 @@ impl Config {
             provider_urls: HashMap::new(),
             provider_timeout: Duration::from_secs(10),
             state_ttl: Duration::from_secs(600),
+            cache_ttl: crate::cache::DEFAULT_TTL,
             log_json: false,
             refresh: RefreshPolicy::default(),
             refresh_interval: Duration::from_secs(60),
@@ -87,6 +90,7 @@ impl Config {
             .unwrap_or_default();
         config.provider_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_PROVIDER_TIMEOUT_MS", "10000")?);
         config.state_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_STATE_TTL_SECS", "600")?);
+        config.cache_ttl = Duration::from_millis(parse_var(&var, "WEARLINK_CACHE_TTL_MS", "2000")?);
         config.refresh.window = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_WINDOW_SECS", "1800")?);
         config.refresh.lease = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_LEASE_SECS", "120")?);
         config.refresh.concurrency = parse_var(&var, "WEARLINK_REFRESH_CONCURRENCY", "16")?;

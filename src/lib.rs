@@ -3,6 +3,7 @@
 //! Layers, outermost first: `http` (routes, auth extraction, errors → problem+json) calls the
 //! domain (`projects`, `connect`, `fhir`), which uses `store` and `providers` through small traits.
 
+pub mod cache;
 pub mod config;
 pub mod connect;
 pub mod connections;
@@ -30,6 +31,8 @@ pub struct Services {
     pub http: reqwest::Client,
     /// This process, as it names itself on leases.
     pub instance_id: String,
+    /// API tokens, settings and opened secrets, for at most `config.cache_ttl`.
+    pub cache: cache::Cache,
 }
 
 impl Services {
@@ -53,6 +56,7 @@ impl Services {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::http_client(config.provider_timeout),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            cache: cache::Cache::new(config.cache_ttl),
             keyring,
             store,
             config,

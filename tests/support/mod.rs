@@ -147,11 +147,18 @@ pub struct Options {
     pub provider_timeout: Duration,
     /// Reach PostgreSQL through this address (a `FlakyProxy`) instead of directly.
     pub database_via: Option<std::net::SocketAddr>,
+    /// How long tokens, settings and secrets may be served from memory.
+    pub cache_ttl: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { state_ttl: Duration::from_secs(600), provider_timeout: Duration::from_secs(2), database_via: None }
+        Self {
+            state_ttl: Duration::from_secs(600),
+            provider_timeout: Duration::from_secs(2),
+            database_via: None,
+            cache_ttl: wearlink::cache::DEFAULT_TTL,
+        }
     }
 }
 
@@ -225,6 +232,7 @@ impl TestApp {
         config.master_key = Some(wearlink::crypto::Keyring::generate_encoded());
         config.state_ttl = options.state_ttl;
         config.provider_timeout = options.provider_timeout;
+        config.cache_ttl = options.cache_ttl;
         config.pool.acquire_timeout = Duration::from_millis(500);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         config.base_url = wearlink::config::base_url_for(listener.local_addr().unwrap());
