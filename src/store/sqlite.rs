@@ -5,13 +5,27 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::sql::impl_sql_store;
 use super::*;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    _checkpointer: AbortOnDrop,
+}
+
+/// How often the WAL is checkpointed off the request path.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// WAL frames (pages) past which the checkpoint waits for the writer so the WAL starts over.
+const WAL_FRAMES_MAX: i64 = 10_000;
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -28,15 +42,43 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
+        // Migrations run on a connection of their own (no pool timeout applies while they do),
+        // which then checkpoints the WAL in the background.
+        let mut own = SqliteConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut own).await.map_err(|e| StoreError::Database(e.to_string()))?;
+        let checkpointer = tokio::spawn(checkpoint_in_background(own)).abort_handle();
         // A file on this machine does not go away like a server: no ping before each use.
         let pool = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(Self { pool })
+            // Checkpoints are the background task's; see `checkpoint_in_background`.
+            .connect_lazy_with(options.pragma("wal_autocheckpoint", "0"));
+        Ok(Self { pool, _checkpointer: AbortOnDrop(checkpointer) })
+    }
+}
+
+/// Copies the WAL into the database on a connection of its own, so a checkpoint's fsyncs never
+/// stall a request (SQLite's automatic checkpoint, off on the pool's connections, makes the commit
+/// that crosses 1000 WAL pages do the copy and the fsyncs). PASSIVE never blocks the writer; under
+/// sustained writes it cannot let the WAL start over, so past `WAL_FRAMES_MAX` frames (~40 MB) a
+/// RESTART checkpoint waits for the writer once and the WAL starts over.
+async fn checkpoint_in_background(mut connection: SqliteConnection) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let passive: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut connection).await;
+        let result = match passive {
+            Ok((_, frames, _)) if frames > WAL_FRAMES_MAX => {
+                sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&mut connection).await.map(drop)
+            }
+            other => other.map(drop),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 
