@@ -23,6 +23,7 @@
 #   BENCH_POSTGRES_URL postgres://postgres@127.0.0.1:5432/test   where the bench database is created
 #   BENCH_RUST_LOG     the service default (info: one line per request, to a file)
 #   BENCH_OUT          bench/results       where the result files go
+#   BENCH_LABEL        unset               a note added to the commit in the results (e.g. "before")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -183,9 +184,10 @@ done
 
 stamp=$(date -u +%Y%m%d-%H%M%S)
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples Cargo.toml || echo "-dirty")
+label=${BENCH_LABEL:+-$(tr -c 'A-Za-z0-9.\n' '-' <<<"$BENCH_LABEL")}
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 cat >"$RESULTS/meta.json" <<EOF
-{"date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$commit",
+{"date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$commit${BENCH_LABEL:+ ($BENCH_LABEL)}",
  "machine": "$(nproc) cores, ${cpu:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)",
  "concurrency": $CONCURRENCY, "seconds": $DURATION, "warmup_seconds": $WARMUP, "patients": $PATIENTS,
  "pinning": "$PINNING", "rust_log": "${BENCH_RUST_LOG:-default (info)}",
@@ -193,6 +195,7 @@ cat >"$RESULTS/meta.json" <<EOF
  "load_generators": "wrk $(wrk --version 2>&1 | awk 'NR==1 {print $2}') -t2 for baseline and connect; examples/bench_load.rs for callback"}
 EOF
 mkdir -p "$OUT_DIR"
-"$LOAD" report --dir "$RESULTS" --json "$OUT_DIR/$stamp-$commit.json" --markdown "$OUT_DIR/$stamp-$commit.md"
-log "results: $OUT_DIR/$stamp-$commit.md"
-cat "$OUT_DIR/$stamp-$commit.md"
+name="$OUT_DIR/$stamp-$commit$label"
+"$LOAD" report --dir "$RESULTS" --json "$name.json" --markdown "$name.md"
+log "results: $name.md"
+cat "$name.md"
