@@ -247,7 +247,7 @@ pub trait ConnectionStore: Send + Sync {
     /// Leases one connection (free or expired lease) whatever its expiry; false when another holds it.
     async fn claim_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<bool>;
     async fn release_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<()>;
-    /// Replaces tokens and expiry, clears failures and the lease, writes a new Endpoint version;
+    /// Replaces tokens, expiry and next attempt, clears failures and the lease, writes a new Endpoint version;
     /// only while `lease` still holds the connection and it is active. `None` when it did not.
     async fn complete_refresh(
         &self,

@@ -512,7 +512,7 @@ macro_rules! impl_sql_store {
             let updated = sqlx::query(
                 "UPDATE connections SET token_key_id = $1, token_ciphertext = $2, has_refresh_token = $3,
                      expires_at = $4, updated_at = $5, last_refreshed_at = $5, last_error = NULL,
-                     refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
+                     refresh_failures = 0, next_attempt_at = $8, lease_owner = NULL, lease_until = NULL
                  WHERE endpoint_id = $6 AND lease_owner = $7 AND status = 'active'",
             )
             .bind(&tokens.key_id)
@@ -522,6 +522,7 @@ macro_rules! impl_sql_store {
             .bind(c.updated_at)
             .bind(&c.endpoint_id)
             .bind(&lease.owner)
+            .bind(c.next_attempt_at)
             .execute(&mut *tx)
             .await?
             .rows_affected();
