@@ -132,7 +132,7 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
-    fn backoff_after(&self, failures: i64) -> Duration {
+    pub fn backoff_after(&self, failures: i64) -> Duration {
         let exp = u32::try_from(failures.clamp(1, 20) - 1).unwrap_or(0);
         self.backoff.saturating_mul(2u32.saturating_pow(exp)).min(self.max_backoff)
     }

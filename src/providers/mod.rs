@@ -21,8 +21,11 @@ use url::Url;
 mod polar;
 mod strava;
 
-pub use polar::Polar;
-pub use strava::Strava;
+pub use polar::{Polar, PolarEvent};
+pub use strava::{Strava, StravaEvent};
+
+pub use polar::{create_webhook as create_polar_webhook, verify_signature as verify_polar_signature};
+pub use strava::create_push_subscription as create_strava_push_subscription;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
 pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG];
