@@ -171,7 +171,9 @@ pub async fn process_due(services: &Services, now: i64) -> Result<usize> {
                 Ok(state) => services.store.finish_event(&event.id, state, now_ms()).await?,
                 Err(e) => {
                     let attempts = event.attempts + 1;
-                    let next = now_ms() + services.config.refresh.backoff_after(attempts).as_millis() as i64;
+                    // From the pass's own clock, so this pass does not take it up again.
+                    let next =
+                        lease.now.max(now_ms()) + services.config.refresh.backoff_after(attempts).as_millis() as i64;
                     let dead = attempts >= MAX_ATTEMPTS;
                     tracing::warn!(event = %event.id, attempts, dead, error = %e, "webhook event processing failed");
                     services.store.fail_event(&event.id, attempts, next, &e.to_string(), dead).await?;

@@ -349,6 +349,8 @@ pub trait WebhookStore: Send + Sync {
         dead: bool,
     ) -> StoreResult<()>;
     async fn list_events(&self, project_id: &str, filter: &EventFilter) -> StoreResult<Vec<WebhookEvent>>;
+    /// How many of the project's events are in each state.
+    async fn count_events(&self, project_id: &str) -> StoreResult<Vec<(String, i64)>>;
     /// Puts an event of the project back to `received`, due now; false when there is none.
     async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool>;
 }

@@ -821,6 +821,15 @@ macro_rules! impl_sql_store {
             rows.iter().map(event_from_row).collect()
         }
 
+        async fn count_events(&self, project_id: &str) -> StoreResult<Vec<(String, i64)>> {
+            Ok(sqlx::query_as(
+                "SELECT state, COUNT(*) FROM webhook_events WHERE project_id = $1 GROUP BY state ORDER BY state",
+            )
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
         async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool> {
             let replayed = sqlx::query(
                 "UPDATE webhook_events SET state = 'received', attempts = 0, next_attempt_at = $1, last_error = NULL,

@@ -60,6 +60,8 @@ struct Inner {
     latest_access: HashMap<u64, String>,
     /// Revocations received: (provider, access token or user id).
     revocations: Vec<(&'static str, String)>,
+    /// The Polar webhook's signing key, once created.
+    pub polar_signature_key: Option<String>,
     /// Lifetime of tokens issued at the code exchange.
     initial_expires_in: i64,
     /// Answer refreshes without a refresh token (and keep the old one valid).
@@ -94,6 +96,8 @@ impl StandIn {
             .route("/polar/v3/users", post(polar_register))
             .route("/polar/v3/users/{id}", axum::routing::delete(polar_delete_user))
             .route("/strava/oauth/deauthorize", post(strava_deauthorize))
+            .route("/strava/api/v3/push_subscriptions", post(strava_push_subscription))
+            .route("/polar/v3/webhooks", post(polar_create_webhook))
             .with_state(stand_in.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         stand_in
@@ -149,6 +153,10 @@ impl StandIn {
 
     pub fn latest_access_token(&self, user: u64) -> Option<String> {
         self.inner.lock().unwrap().latest_access.get(&user).cloned()
+    }
+
+    pub fn polar_signature_key(&self) -> Option<String> {
+        self.inner.lock().unwrap().polar_signature_key.clone()
     }
 
     pub fn revocations(&self) -> Vec<(&'static str, String)> {
@@ -459,4 +467,64 @@ async fn polar_delete_user(
     }
     inner.revocations.push(("polar", id));
     StatusCode::NO_CONTENT.into_response()
+}
+
+pub const STRAVA_SUBSCRIPTION_ID: u64 = 120475;
+
+/// Strava `POST /api/v3/push_subscriptions`: validates the callback with a GET carrying a
+/// challenge and the verify token, as Strava does, before answering the subscription id.
+async fn strava_push_subscription(State(s): State<StandIn>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if field("client_id") != STRAVA_CLIENT_ID || field("client_secret") != STRAVA_CLIENT_SECRET {
+        return strava_error(StatusCode::UNAUTHORIZED, "Authorization Error", "Application", "client_id");
+    }
+    let challenge = format!("challenge-{}", uuid::Uuid::new_v4().simple());
+    let mut url = url::Url::parse(&field("callback_url")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("hub.mode", "subscribe")
+        .append_pair("hub.challenge", &challenge)
+        .append_pair("hub.verify_token", &field("verify_token"));
+    let echoed: Option<serde_json::Value> = match reqwest::get(url).await {
+        Ok(r) if r.status().is_success() => r.json().await.ok(),
+        _ => None,
+    };
+    if echoed.as_ref().and_then(|v| v.get("hub.challenge")).and_then(|c| c.as_str()) != Some(challenge.as_str()) {
+        return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "PushSubscription", "callback url");
+    }
+    let _ = &s;
+    Json(json!({ "id": STRAVA_SUBSCRIPTION_ID })).into_response()
+}
+
+/// Polar `POST /v3/webhooks`: Basic client credentials; PINGs the URL, then answers the key.
+async fn polar_create_webhook(
+    State(s): State<StandIn>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{POLAR_CLIENT_ID}:{POLAR_CLIENT_SECRET}"))
+    );
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let url = body["url"].as_str().unwrap_or_default().to_string();
+    let ping = json!({"timestamp": "2026-11-25T10:00:00Z", "event": "PING"});
+    let pinged = reqwest::Client::new()
+        .post(&url)
+        .header("Polar-Webhook-Event", "PING")
+        .json(&ping)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !pinged {
+        return (StatusCode::BAD_REQUEST, "the webhook URL did not answer the PING").into_response();
+    }
+    let key = format!("polar-signature-key-{}", uuid::Uuid::new_v4().simple());
+    s.inner.lock().unwrap().polar_signature_key = Some(key.clone());
+    (
+        StatusCode::CREATED,
+        Json(json!({"data": {"id": "abdf33", "events": body["events"], "url": url, "signature_secret_key": key}})),
+    )
+        .into_response()
 }
