@@ -16,7 +16,7 @@ use crate::time::now_ms;
 use crate::Services;
 
 /// Where the project's Strava push subscription id is recorded (not a user-facing setting).
-const STRAVA_SUBSCRIPTION_SETTING: &str = "STRAVA_PUSH_SUBSCRIPTION_ID";
+pub const STRAVA_SUBSCRIPTION_SETTING: &str = "STRAVA_PUSH_SUBSCRIPTION_ID";
 /// Failed processing attempts before an event is dead-lettered.
 const MAX_ATTEMPTS: i64 = 8;
 
