@@ -38,6 +38,8 @@ pub struct Config {
     pub provider_timeout: Duration,
     /// How long a connect `state` stays valid.
     pub state_ttl: Duration,
+    /// How long API tokens, settings and secrets may be served from memory (0: not cached).
+    pub cache_ttl: Duration,
     pub log_json: bool,
     /// Refresh window, leases, backoff and concurrency of the token refresher.
     pub refresh: RefreshPolicy,
@@ -59,6 +61,7 @@ impl Config {
             provider_urls: HashMap::new(),
             provider_timeout: Duration::from_secs(10),
             state_ttl: Duration::from_secs(600),
+            cache_ttl: crate::cache::DEFAULT_TTL,
             log_json: false,
             refresh: RefreshPolicy::default(),
             refresh_interval: Duration::from_secs(60),
@@ -79,7 +82,10 @@ impl Config {
         if let Some(base) = var("WEARLINK_BASE_URL") {
             config.base_url = parse_url("WEARLINK_BASE_URL", &base)?;
         }
-        config.pool.max_connections = parse_var(&var, "WEARLINK_DB_MAX_CONNECTIONS", "10")?;
+        // SQLite: one connection by default. Writers then queue in-process instead of meeting
+        // SQLITE_BUSY and SQLite's sleeping busy handler, and the page cache stays warm.
+        let pool_default = if config.database_url.starts_with("sqlite:") { "1" } else { "10" };
+        config.pool.max_connections = parse_var(&var, "WEARLINK_DB_MAX_CONNECTIONS", pool_default)?;
         config.pool.acquire_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_DB_ACQUIRE_TIMEOUT_MS", "2000")?);
         config.master_key = var("WEARLINK_MASTER_KEY");
         config.previous_master_keys = var("WEARLINK_MASTER_KEY_PREVIOUS")
@@ -87,6 +93,7 @@ impl Config {
             .unwrap_or_default();
         config.provider_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_PROVIDER_TIMEOUT_MS", "10000")?);
         config.state_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_STATE_TTL_SECS", "600")?);
+        config.cache_ttl = Duration::from_millis(parse_var(&var, "WEARLINK_CACHE_TTL_MS", "2000")?);
         config.refresh.window = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_WINDOW_SECS", "1800")?);
         config.refresh.lease = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_LEASE_SECS", "120")?);
         config.refresh.concurrency = parse_var(&var, "WEARLINK_REFRESH_CONCURRENCY", "16")?;
@@ -150,6 +157,11 @@ mod tests {
         assert_eq!(config.base_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(config.database_url, "sqlite://wearlink-data/wearlink.db");
         assert_eq!(config.state_ttl, Duration::from_secs(600));
+        assert_eq!(config.pool.max_connections, 1, "SQLite");
+        assert_eq!(config.cache_ttl, Duration::from_secs(2));
+        let postgres =
+            Config::from_vars(|name| (name == "WEARLINK_DATABASE_URL").then(|| "postgres://db/w".into())).unwrap();
+        assert_eq!(postgres.pool.max_connections, 10);
     }
 
     #[test]

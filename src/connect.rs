@@ -67,34 +67,49 @@ pub async fn start(
     }
     let redirect_uri = request.redirect_uri.as_deref().map(parse_redirect_uri).transpose()?;
     let project_id = &principal.project_id;
-    if services.store.read_resource(project_id, "Patient", &request.patient_id).await?.is_none() {
-        return Err(Error::NotFound(format!("Patient/{}", request.patient_id)));
-    }
-    let access = projects::provider_access(services, project_id, provider.as_ref()).await?;
-    if !access.enabled {
-        return Err(Error::ProviderDisabled { provider: slug.into(), setting: projects::enabled_setting(slug) });
-    }
-    let credentials = projects::client_credentials(services, project_id, slug).await?;
-    if let (Some(url), Some(allowed)) = (&redirect_uri, &access.redirect_allowlist) {
-        if !allowed.contains(&url.origin()) {
-            return Err(Error::Invalid(format!("redirectUri origin is not in {}", projects::REDIRECT_ALLOWLIST)));
+    let checked = async {
+        let access = projects::provider_access(services, project_id, provider.as_ref()).await?;
+        if !access.enabled {
+            return Err(Error::ProviderDisabled { provider: slug.into(), setting: projects::enabled_setting(slug) });
         }
-    }
+        let credentials = projects::client_credentials(services, project_id, slug).await?;
+        if let (Some(url), Some(allowed)) = (&redirect_uri, &access.redirect_allowlist) {
+            if !allowed.contains(&url.origin()) {
+                return Err(Error::Invalid(format!("redirectUri origin is not in {}", projects::REDIRECT_ALLOWLIST)));
+            }
+        }
+        Ok(credentials)
+    };
+    let patient_missing = || Error::NotFound(format!("Patient/{}", request.patient_id));
+    // The patient is checked as the state is written (one statement); when something else is
+    // wrong it is looked up first, so a missing patient is still the error reported.
+    let credentials = match checked.await {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            if services.store.read_resource(project_id, "Patient", &request.patient_id).await?.is_none() {
+                return Err(patient_missing());
+            }
+            return Err(e);
+        }
+    };
 
     let state = random_token(STATE_BYTES);
     let now = now_ms();
-    services
-        .store
-        .insert_state(&OAuthStateRecord {
+    let inserted = services
+        .states
+        .insert(OAuthStateRecord {
             state_hash: sha256_hex(&state),
             project_id: project_id.clone(),
-            patient_id: request.patient_id,
+            patient_id: request.patient_id.clone(),
             provider: slug.into(),
             redirect_uri: redirect_uri.map(String::from),
             created_at: now,
             expires_at: now + services.config.state_ttl.as_millis() as i64,
         })
         .await?;
+    if !inserted {
+        return Err(patient_missing());
+    }
     let authorization_url = provider.authorization_url(&credentials, &callback_url(services, slug), &state);
     Ok(ConnectStart { provider: slug.into(), authorization_url, state })
 }

@@ -3,6 +3,8 @@
 //! Layers, outermost first: `http` (routes, auth extraction, errors → problem+json) calls the
 //! domain (`projects`, `connect`, `fhir`), which uses `store` and `providers` through small traits.
 
+pub mod batch;
+pub mod cache;
 pub mod config;
 pub mod connect;
 pub mod connections;
@@ -31,6 +33,10 @@ pub struct Services {
     pub http: reqwest::Client,
     /// This process, as it names itself on leases.
     pub instance_id: String,
+    /// API tokens, settings and sealed secrets, for at most `config.cache_ttl`.
+    pub cache: cache::Cache,
+    /// Writes connect states, many connects to one statement.
+    pub states: batch::StateWriter,
 }
 
 impl Services {
@@ -54,6 +60,8 @@ impl Services {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::http_client(config.provider_timeout),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            cache: cache::Cache::new(config.cache_ttl),
+            states: batch::StateWriter::new(Arc::clone(&store)),
             keyring,
             store,
             config,

@@ -83,9 +83,13 @@ pub async fn create_token(services: &Services, project_id: &str, role: Role) -> 
 }
 
 pub async fn authenticate(services: &Services, bearer: &str) -> Result<Principal> {
-    let record = services.store.find_api_token(&sha256_hex(bearer)).await?.ok_or(Error::Unauthenticated)?;
-    let token_fingerprint = record.token_hash[..16].to_string();
-    Ok(Principal { project_id: record.project_id, role: record.role, token_fingerprint })
+    let token_hash = sha256_hex(bearer);
+    let load = async {
+        let Some(record) = services.store.find_api_token(&token_hash).await? else { return Ok(None) };
+        let token_fingerprint = record.token_hash[..16].to_string();
+        Ok::<_, Error>(Some(Principal { project_id: record.project_id, role: record.role, token_fingerprint }))
+    };
+    services.cache.principal(&token_hash, load).await?.ok_or(Error::Unauthenticated)
 }
 
 // ---- settings ----
@@ -143,6 +147,7 @@ pub async fn put_setting(
         },
     };
     services.store.put_setting(&principal.project_id, key, &value, now_ms()).await?;
+    services.cache.forget_project(&principal.project_id);
     settings(services, principal).await
 }
 
@@ -171,9 +176,12 @@ pub struct ProviderAccess {
 pub async fn provider_access(services: &Services, project_id: &str, provider: &dyn Provider) -> Result<ProviderAccess> {
     let toggle = enabled_setting(provider.slug());
     let mut access = ProviderAccess { enabled: false, redirect_allowlist: None };
-    for (key, value) in services.store.list_settings(project_id).await? {
-        if key == toggle {
-            access.enabled = value == Value::Bool(true);
+    let settings = services
+        .cache
+        .settings(project_id, async { Ok::<_, Error>(services.store.list_settings(project_id).await?.into()) });
+    for (key, value) in settings.await?.iter() {
+        if *key == toggle {
+            access.enabled = *value == Value::Bool(true);
         } else if key == REDIRECT_ALLOWLIST {
             if let Some(raw) = value.as_str().filter(|s| !s.trim().is_empty()) {
                 access.redirect_allowlist = Some(parse_allowlist(raw)?);
@@ -202,6 +210,7 @@ pub async fn put_secret(services: &Services, principal: &Principal, key: &str, v
     let now = now_ms();
     let sealed = services.keyring.seal(value.as_bytes(), &secret_owner(&principal.project_id, key));
     services.store.put_secret(&principal.project_id, key, &sealed, now).await?;
+    services.cache.forget_project(&principal.project_id);
     Ok(now)
 }
 
@@ -217,6 +226,7 @@ pub async fn delete_secret(services: &Services, principal: &Principal, key: &str
         return Err(Error::NotFound(format!("secret {key}")));
     }
     services.store.delete_secrets(&principal.project_id, &[key.to_string()]).await?;
+    services.cache.forget_project(&principal.project_id);
     Ok(())
 }
 
@@ -227,7 +237,10 @@ async fn provider_secrets(
     slug: &str,
 ) -> Result<BTreeMap<&'static str, SecretString>> {
     let mut found = BTreeMap::new();
-    for record in services.store.list_secrets(project_id).await? {
+    let secrets = services
+        .cache
+        .secrets(project_id, async { Ok::<_, Error>(services.store.list_secrets(project_id).await?.into()) });
+    for record in secrets.await?.iter() {
         if let Some(suffix) = SECRET_SUFFIXES.iter().find(|s| secret_key(slug, s) == record.key) {
             let plain = services.keyring.open(&record.sealed, &secret_owner(project_id, &record.key))?;
             let text = String::from_utf8(plain).map_err(|_| crate::crypto::CryptoError::Open)?;
@@ -329,5 +342,6 @@ pub async fn delete_credentials(services: &Services, principal: &Principal, slug
     require_provider(services, slug)?;
     let keys: Vec<String> = SECRET_SUFFIXES.iter().map(|s| secret_key(slug, s)).collect();
     services.store.delete_secrets(&principal.project_id, &keys).await?;
+    services.cache.forget_project(&principal.project_id);
     credentials(services, principal, slug).await
 }

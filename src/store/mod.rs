@@ -248,6 +248,9 @@ pub trait FhirStore: Send + Sync {
 #[async_trait]
 pub trait StateStore: Send + Sync {
     async fn insert_state(&self, state: &OAuthStateRecord) -> StoreResult<()>;
+    /// Inserts, in one statement, each state whose patient exists in its project; answers the
+    /// hashes of those inserted. Connect's only database write (see `crate::batch`).
+    async fn insert_states_for_patients(&self, states: &[OAuthStateRecord]) -> StoreResult<Vec<String>>;
     /// Deletes and returns the state in one statement: of two concurrent takers only one gets it.
     async fn take_state(&self, state_hash: &str) -> StoreResult<Option<OAuthStateRecord>>;
     async fn delete_expired_states(&self, now: i64) -> StoreResult<u64>;

@@ -337,6 +337,40 @@ macro_rules! impl_sql_store {
             Ok(())
         }
 
+        async fn insert_states_for_patients(&self, states: &[OAuthStateRecord]) -> StoreResult<Vec<String>> {
+            if states.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows: Vec<String> = (0..states.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=7).map(|j| format!("${}", i * 7 + j)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "WITH v (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at) AS
+                     (VALUES {})
+                 INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at)
+                 SELECT state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at FROM v
+                 WHERE EXISTS (SELECT 1 FROM fhir_resources r
+                               WHERE r.resource_type = 'Patient' AND r.id = v.patient_id AND r.project_id = v.project_id)
+                 RETURNING state_hash",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for state in states {
+                query = query
+                    .bind(&state.state_hash)
+                    .bind(&state.project_id)
+                    .bind(&state.patient_id)
+                    .bind(&state.provider)
+                    .bind(&state.redirect_uri)
+                    .bind(state.created_at)
+                    .bind(state.expires_at);
+            }
+            Ok(query.fetch_all(&self.pool).await?.into_iter().map(|(hash,)| hash).collect())
+        }
+
         async fn take_state(&self, state_hash: &str) -> StoreResult<Option<OAuthStateRecord>> {
             sqlx::query(
                 "DELETE FROM oauth_states WHERE state_hash = $1

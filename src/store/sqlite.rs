@@ -28,7 +28,9 @@ impl SqliteStore {
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
+        // A file on this machine does not go away like a server: no ping before each use.
         let pool = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)

@@ -149,6 +149,8 @@ pub struct Options {
     pub database_via: Option<std::net::SocketAddr>,
     /// How long a request waits for a database connection before its 503.
     pub acquire_timeout: Duration,
+    /// How long tokens, settings and secrets may be served from memory.
+    pub cache_ttl: Duration,
 }
 
 impl Default for Options {
@@ -158,6 +160,7 @@ impl Default for Options {
             provider_timeout: Duration::from_secs(2),
             database_via: None,
             acquire_timeout: Duration::from_secs(2),
+            cache_ttl: wearlink::cache::DEFAULT_TTL,
         }
     }
 }
@@ -232,6 +235,7 @@ impl TestApp {
         config.master_key = Some(wearlink::crypto::Keyring::generate_encoded());
         config.state_ttl = options.state_ttl;
         config.provider_timeout = options.provider_timeout;
+        config.cache_ttl = options.cache_ttl;
         config.pool.acquire_timeout = options.acquire_timeout;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         config.base_url = wearlink::config::base_url_for(listener.local_addr().unwrap());
