@@ -102,9 +102,12 @@ impl Config {
         for slug in crate::providers::SLUGS {
             let upper = slug.to_ascii_uppercase();
             let mut urls = ProviderUrls::default();
-            for (field, suffix) in
-                [(&mut urls.authorize, "AUTHORIZE_URL"), (&mut urls.token, "TOKEN_URL"), (&mut urls.api, "API_URL")]
-            {
+            for (field, suffix) in [
+                (&mut urls.authorize, "AUTHORIZE_URL"),
+                (&mut urls.token, "TOKEN_URL"),
+                (&mut urls.api, "API_URL"),
+                (&mut urls.revoke, "REVOKE_URL"),
+            ] {
                 let name = format!("WEARLINK_PROVIDER_{upper}_{suffix}");
                 if let Some(value) = var(&name) {
                     *field = Some(parse_url(&name, &value)?);

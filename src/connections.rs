@@ -113,6 +113,9 @@ pub struct RefreshPolicy {
     pub max_backoff: Duration,
     /// Refreshes in flight at once per instance.
     pub concurrency: usize,
+    /// No connection is refreshed twice within this, even when the provider's tokens live shorter
+    /// than the window: the refresher must never loop on one connection.
+    pub min_interval: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -123,12 +126,13 @@ impl Default for RefreshPolicy {
             backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(3600),
             concurrency: 16,
+            min_interval: Duration::from_secs(60),
         }
     }
 }
 
 impl RefreshPolicy {
-    fn backoff_after(&self, failures: i64) -> Duration {
+    pub fn backoff_after(&self, failures: i64) -> Duration {
         let exp = u32::try_from(failures.clamp(1, 20) - 1).unwrap_or(0);
         self.backoff.saturating_mul(2u32.saturating_pow(exp)).min(self.max_backoff)
     }
@@ -163,11 +167,18 @@ pub async fn refresh_due(services: &Services, now: i64) -> Result<RefreshReport>
     let due_before = now + policy.window.as_millis() as i64;
     let mut report = RefreshReport::default();
     let lease = lease(services, now);
+    let mut seen = std::collections::HashSet::new();
     loop {
-        let claimed = services.store.claim_due_refreshes(&lease, due_before, 100).await?;
-        if claimed.is_empty() {
+        let mut claimed = services.store.claim_due_refreshes(&lease, due_before, 100).await?;
+        // Once per pass: whatever comes back a second time waits for the next pass.
+        let (fresh, again): (Vec<String>, Vec<String>) = claimed.drain(..).partition(|id| seen.insert(id.clone()));
+        for id in &again {
+            services.store.release_refresh(&lease, id).await?;
+        }
+        if fresh.is_empty() {
             break;
         }
+        let claimed = fresh;
         let outcomes: Vec<Result<RefreshOutcome>> = stream::iter(claimed)
             .map(|id| {
                 let lease = lease.clone();
@@ -252,6 +263,7 @@ async fn refresh_leased(
             updated.last_refreshed_at = Some(now);
             updated.last_error = None;
             updated.refresh_failures = 0;
+            updated.next_attempt_at = Some(now + services.config.refresh.min_interval.as_millis() as i64);
             let body = endpoint_body(provider.as_ref(), &updated);
             match services.store.complete_refresh(lease, &updated, body).await? {
                 Some(_) => Ok(RefreshOutcome::Refreshed),

@@ -22,6 +22,18 @@ pub enum Error {
     /// The request is valid but the resource is in a state that forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// A webhook body failed its signature check.
+    #[error("the webhook signature is missing or wrong")]
+    InvalidSignature,
+    /// The caller is known but what it sent is not acceptable (a wrong verify token, subscription).
+    #[error("{0}")]
+    Rejected(String),
+    /// A body that is not the JSON it should be.
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    /// A call to a provider failed (while setting something up there).
+    #[error("the provider call failed: {0}")]
+    Upstream(String),
     #[error("the state is unknown, expired, already used or for another provider")]
     InvalidState,
     #[error(transparent)]

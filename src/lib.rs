@@ -16,6 +16,7 @@ pub mod projects;
 pub mod providers;
 pub mod store;
 pub mod time;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -250,6 +250,11 @@ async fn provider_secrets(
     Ok(found)
 }
 
+/// The project's webhook secret for a provider, if set.
+pub async fn webhook_secret(services: &Services, project_id: &str, slug: &str) -> Result<Option<SecretString>> {
+    Ok(provider_secrets(services, project_id, slug).await?.remove("WEBHOOK_SECRET"))
+}
+
 /// The client credentials connect and callback use; names every missing key.
 pub async fn client_credentials(services: &Services, project_id: &str, slug: &str) -> Result<ClientCredentials> {
     let mut secrets = provider_secrets(services, project_id, slug).await?;

@@ -369,6 +369,14 @@ async fn the_openapi_document_describes_every_route(backend: Backend) {
         ("/fhir/R4/Endpoint/{id}", &["get"]),
         ("/fhir/R4/Endpoint", &["get"]),
         ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/v1/wearables/connections", &["get"]),
+        ("/v1/wearables/{provider}/connections/{patientId}", &["delete"]),
+        ("/v1/wearables/connections/{endpointId}/token", &["post"]),
+        ("/v1/wearables/{provider}/webhook/{projectId}", &["get", "post"]),
+        ("/v1/wearables/{provider}/webhook-subscription", &["post"]),
+        ("/v1/wearables/events", &["get"]),
+        ("/v1/wearables/events/{eventId}/replay", &["post"]),
     ] {
         for method in methods {
             assert!(paths.get(path).and_then(|p| p.get(*method)).is_some(), "{method} {path} missing");

@@ -128,8 +128,11 @@ async fn the_service_survives_the_database_going_away() {
         format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432)).parse().unwrap()
     };
     let proxy = FlakyProxy::start(target).await;
-    let app =
-        TestApp::spawn_with(Backend::Postgres, Options { database_via: Some(proxy.addr), ..Options::default() }).await;
+    let app = TestApp::spawn_with(
+        Backend::Postgres,
+        Options { database_via: Some(proxy.addr), acquire_timeout: Duration::from_millis(500), ..Options::default() },
+    )
+    .await;
     app.configure("strava").await;
     let patient = app.create_patient().await;
     let (status, _) = app.send("GET", "/readyz", None, None).await;

@@ -57,6 +57,10 @@ impl ApiError {
                 Error::CredentialsMissing { .. } => (S::UNPROCESSABLE_ENTITY, "credentials_missing", detail),
                 Error::InvalidState => (S::BAD_REQUEST, "invalid_state", detail),
                 Error::Conflict(_) => (S::CONFLICT, "conflict", detail),
+                Error::InvalidSignature => (S::UNAUTHORIZED, "invalid_signature", detail),
+                Error::Rejected(_) => (S::FORBIDDEN, "rejected", detail),
+                Error::Malformed(_) => (S::BAD_REQUEST, "malformed_json", detail),
+                Error::Upstream(_) => (S::BAD_GATEWAY, "upstream_failed", detail),
                 Error::Store(StoreError::Unavailable(_)) => {
                     (S::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry shortly".into())
                 }

@@ -27,6 +27,23 @@ impl FromRequestParts<Arc<Services>> for Principal {
     }
 }
 
+/// The raw body, up to the body limit (beyond it: 413, without reading the rest).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })
+    }
+}
+
 /// A JSON body: not JSON at all → 400; JSON of the wrong shape → 422; too large → 413.
 /// The content type is not insisted on: a JSON body is judged by what it is.
 pub struct ApiJson<T>(pub T);
@@ -35,13 +52,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("the request body could not be read".into())
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         let parsed = serde_json::from_value(value).map_err(|e| Error::Invalid(format!("invalid body: {e}")))?;

@@ -24,6 +24,7 @@ mod extract;
 mod fhir;
 mod project;
 mod wearables;
+mod webhooks;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -33,7 +34,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     info(title = "Wearlink", description = "Wearable-connection gateway for FHIR health platforms"),
     modifiers(&BearerAuth),
     components(schemas(error::Problem)),
-    tags((name = "wearables"), (name = "project"), (name = "fhir"), (name = "health"))
+    tags((name = "wearables"), (name = "webhooks"), (name = "project"), (name = "fhir"), (name = "health"))
 )]
 struct ApiDoc;
 
@@ -82,6 +83,10 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(wearables::list_connections))
         .routes(routes!(wearables::disconnect))
         .routes(routes!(wearables::access_token))
+        .routes(routes!(webhooks::challenge, webhooks::deliver))
+        .routes(routes!(webhooks::subscribe))
+        .routes(routes!(webhooks::list_events))
+        .routes(routes!(webhooks::replay))
         .routes(routes!(project::get_settings))
         .routes(routes!(project::put_setting))
         .routes(routes!(project::list_secrets))

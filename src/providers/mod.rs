@@ -21,8 +21,11 @@ use url::Url;
 mod polar;
 mod strava;
 
-pub use polar::Polar;
-pub use strava::Strava;
+pub use polar::{Polar, PolarEvent};
+pub use strava::{Strava, StravaEvent};
+
+pub use polar::{create_webhook as create_polar_webhook, verify_signature as verify_polar_signature};
+pub use strava::create_push_subscription as create_strava_push_subscription;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
 pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG];
@@ -356,9 +359,36 @@ pub(crate) fn token_set<EF: ExtraTokenFields>(
     TokenSet {
         access_token: SecretString::from(answer.access_token().secret().to_string()),
         refresh_token: answer.refresh_token().map(|t| SecretString::from(t.secret().to_string())),
-        token_type: answer.token_type().as_ref().to_string(),
+        // RFC 6750 types are case-insensitive; hand out the canonical spelling.
+        token_type: match answer.token_type() {
+            BasicTokenType::Bearer => "Bearer".to_string(),
+            other => other.as_ref().to_string(),
+        },
         expires_at: expires_at.or_else(|| answer.expires_in().map(|d| now + d.as_millis() as i64)),
         remote_user_id,
         scopes: answer.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strava_and_rfc6749_errors_are_read_alike() {
+        let strava = json!({"message": "Bad Request", "errors": [{"resource": "RefreshToken", "field": "refresh_token", "code": "invalid"}]});
+        assert_eq!(oauth_error_code(&strava).as_deref(), Some("invalid_grant"));
+        assert_eq!(oauth_error_code(&json!({"error": "invalid_grant"})).as_deref(), Some("invalid_grant"));
+        let app = json!({"message": "Authorization Error", "errors": [{"resource": "Application", "field": "client_id", "code": "invalid"}]});
+        assert_eq!(oauth_error_code(&app).as_deref(), Some("application_invalid"));
+        assert_eq!(oauth_error_code(&json!({"message": "x"})), None);
+    }
+
+    #[test]
+    fn revocation_counts_access_already_gone_as_done() {
+        assert!(revocation_result(reqwest::StatusCode::NO_CONTENT).is_ok());
+        assert!(revocation_result(reqwest::StatusCode::UNAUTHORIZED).is_ok());
+        assert!(revocation_result(reqwest::StatusCode::SERVICE_UNAVAILABLE).is_err());
     }
 }

@@ -115,3 +115,101 @@ impl Provider for Polar {
         revocation_result(response.status())
     }
 }
+
+/// The event types Polar AccessLink documents for webhooks.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "EXERCISE",
+    "SLEEP",
+    "CONTINUOUS_HEART_RATE",
+    "SLEEP_WISE_CIRCADIAN_BEDTIME",
+    "SLEEP_WISE_ALERTNESS",
+    "ACTIVITY_SUMMARY",
+];
+
+/// Checks `Polar-Webhook-Signature`: the hex HMAC-SHA256 of the raw body, in constant time.
+pub fn verify_signature(secret: &[u8], body: &[u8], signature_hex: &str) -> bool {
+    use hmac::Mac;
+    let Ok(signature) = hex::decode(signature_hex.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&signature).is_ok()
+}
+
+/// A Polar webhook event: `{event, user_id, entity_id, timestamp, url}`.
+#[derive(Debug, Deserialize)]
+pub struct PolarEvent {
+    pub event: String,
+    #[serde(default)]
+    pub user_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub entity_id: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl PolarEvent {
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        let event: Self = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let valid = !event.event.is_empty()
+            && event.event.len() <= 64
+            && event.event.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit());
+        if !valid {
+            return Err("event must be an upper-case event name".into());
+        }
+        Ok(event)
+    }
+
+    pub fn user_id(&self) -> Option<String> {
+        match &self.user_id {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn dedup_key(&self) -> String {
+        crate::crypto::sha256_hex(&format!(
+            "{}|{}|{}|{}",
+            self.event,
+            self.user_id().unwrap_or_default(),
+            self.entity_id.as_deref().unwrap_or_default(),
+            self.timestamp.as_deref().unwrap_or_default()
+        ))
+    }
+}
+
+/// Creates the client's webhook (`POST /v3/webhooks`, Basic client credentials); Polar PINGs the
+/// URL first. Answers the webhook id and its `signature_secret_key`.
+pub async fn create_webhook(
+    http: &reqwest::Client,
+    urls: &ResolvedUrls,
+    credentials: &ClientCredentials,
+    url: &str,
+) -> Result<(String, String), ProviderError> {
+    let response = http
+        .post(urls.api_url("webhooks"))
+        .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
+        .header(reqwest::header::ACCEPT, "application/json")
+        .json(&serde_json::json!({ "events": WEBHOOK_EVENTS, "url": url }))
+        .send()
+        .await
+        .map_err(|_| ProviderError::Unreachable)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProviderError::Refused { status: Some(status.as_u16()), error: None });
+    }
+    let body: serde_json::Value = response.json().await.map_err(|_| ProviderError::BadAnswer("webhook answer"))?;
+    let data = body.get("data").unwrap_or(&body);
+    let id = data.get("id").and_then(|v| v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string())));
+    let key = data.get("signature_secret_key").and_then(|v| v.as_str()).map(String::from);
+    match (id, key) {
+        (Some(id), Some(key)) => Ok((id, key)),
+        _ => Err(ProviderError::BadAnswer("webhook answer without id or signature_secret_key")),
+    }
+}

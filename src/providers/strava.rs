@@ -133,3 +133,83 @@ impl Provider for Strava {
         revocation_result(response.status())
     }
 }
+
+/// A Strava push event (https://developers.strava.com/docs/webhooks/). Strava does not sign them:
+/// the receiver checks `subscription_id` and `owner_id` instead.
+#[derive(Debug, Deserialize)]
+pub struct StravaEvent {
+    pub object_type: String,
+    pub object_id: u64,
+    pub aspect_type: String,
+    #[serde(default)]
+    pub updates: serde_json::Map<String, serde_json::Value>,
+    pub owner_id: u64,
+    pub subscription_id: u64,
+    pub event_time: i64,
+}
+
+impl StravaEvent {
+    pub fn parse(body: &[u8]) -> Result<Self, String> {
+        let event: Self = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if event.object_type.is_empty() || event.object_type.len() > 32 || event.aspect_type.len() > 32 {
+            return Err("object_type and aspect_type must be short strings".into());
+        }
+        Ok(event)
+    }
+
+    /// `activity.create`, `athlete.update`, …
+    pub fn event_type(&self) -> String {
+        format!("{}.{}", self.object_type, self.aspect_type)
+    }
+
+    /// The same event delivered again has the same key.
+    pub fn dedup_key(&self) -> String {
+        crate::crypto::sha256_hex(&format!(
+            "{}|{}|{}|{}|{}|{}",
+            self.object_type,
+            self.object_id,
+            self.aspect_type,
+            self.owner_id,
+            self.event_time,
+            serde_json::Value::Object(self.updates.clone())
+        ))
+    }
+
+    /// The athlete revoked our access at Strava.
+    pub fn deauthorizes(&self) -> bool {
+        self.object_type == "athlete"
+            && self.updates.get("authorized").is_some_and(|v| v == "false" || v == &serde_json::Value::Bool(false))
+    }
+}
+
+/// Creates the push subscription of an app (`POST /push_subscriptions`); answers its id.
+/// Strava validates `callback_url` with a GET before it answers.
+pub async fn create_push_subscription(
+    http: &reqwest::Client,
+    urls: &ResolvedUrls,
+    credentials: &ClientCredentials,
+    callback_url: &str,
+    verify_token: &str,
+) -> Result<String, ProviderError> {
+    let response = http
+        .post(urls.api_url("push_subscriptions"))
+        .form(&[
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.expose_secret()),
+            ("callback_url", callback_url),
+            ("verify_token", verify_token),
+        ])
+        .send()
+        .await
+        .map_err(|_| ProviderError::Unreachable)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProviderError::Refused { status: Some(status.as_u16()), error: None });
+    }
+    let body: serde_json::Value = response.json().await.map_err(|_| ProviderError::BadAnswer("subscription answer"))?;
+    match body.get("id") {
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        _ => Err(ProviderError::BadAnswer("subscription answer without id")),
+    }
+}

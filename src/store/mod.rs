@@ -170,6 +170,34 @@ pub struct AuditEntry {
     pub at: i64,
 }
 
+/// One provider event in the webhook inbox.
+#[derive(Clone, Debug)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub project_id: String,
+    pub provider: String,
+    pub dedup_key: String,
+    pub event_type: String,
+    pub remote_user_id: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub patient_id: Option<String>,
+    /// The event as received (raw JSON text).
+    pub payload: String,
+    /// `received` (to process), `pending_sync`, `done`, `ignored` or `dead`.
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub received_at: i64,
+    pub processed_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub patient_id: Option<String>,
+    pub state: Option<String>,
+}
+
 /// Filters of a connection listing.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionFilter {
@@ -237,6 +265,12 @@ pub trait ConnectionStore: Send + Sync {
         provider: &str,
     ) -> StoreResult<Option<ConnectionRecord>>;
     async fn find_connection_by_endpoint(&self, endpoint_id: &str) -> StoreResult<Option<ConnectionRecord>>;
+    async fn find_connection_by_remote_user(
+        &self,
+        project_id: &str,
+        provider: &str,
+        remote_user_id: &str,
+    ) -> StoreResult<Option<ConnectionRecord>>;
     async fn list_connections(&self, project_id: &str, filter: &ConnectionFilter)
         -> StoreResult<Vec<ConnectionRecord>>;
     /// Writes the connection and its Endpoint (a new version when it exists) in one transaction.
@@ -250,7 +284,7 @@ pub trait ConnectionStore: Send + Sync {
     /// Leases one connection (free or expired lease) whatever its expiry; false when another holds it.
     async fn claim_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<bool>;
     async fn release_refresh(&self, lease: &Lease, endpoint_id: &str) -> StoreResult<()>;
-    /// Replaces tokens and expiry, clears failures and the lease, writes a new Endpoint version;
+    /// Replaces tokens, expiry and next attempt, clears failures and the lease, writes a new Endpoint version;
     /// only while `lease` still holds the connection and it is active. `None` when it did not.
     async fn complete_refresh(
         &self,
@@ -299,14 +333,40 @@ pub struct Lease {
 }
 
 #[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores an event unless the same (project, provider, dedup key) is already in; answers
+    /// whether it was new.
+    async fn insert_event(&self, event: &WebhookEvent) -> StoreResult<bool>;
+    /// Leases up to `limit` events due for processing: their next attempt moves to the lease's
+    /// end, so a crashed worker's events come back then.
+    async fn claim_due_events(&self, lease: &Lease, limit: i64) -> StoreResult<Vec<WebhookEvent>>;
+    /// Sets an event's final state (`pending_sync`, `done`, `ignored`).
+    async fn finish_event(&self, id: &str, state: &str, processed_at: i64) -> StoreResult<()>;
+    /// Records a failed attempt: retried at `next_attempt_at`, or `dead` when `dead`.
+    async fn fail_event(
+        &self,
+        id: &str,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+        dead: bool,
+    ) -> StoreResult<()>;
+    async fn list_events(&self, project_id: &str, filter: &EventFilter) -> StoreResult<Vec<WebhookEvent>>;
+    /// How many of the project's events are in each state.
+    async fn count_events(&self, project_id: &str) -> StoreResult<Vec<(String, i64)>>;
+    /// Puts an event of the project back to `received`, due now; false when there is none.
+    async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool>;
+}
+
+#[async_trait]
 pub trait Readiness: Send + Sync {
     /// The database answers and every migration this build knows is applied.
     async fn ready(&self) -> StoreResult<()>;
 }
 
 /// Everything the service stores, as one object (`Arc<dyn Store>`).
-pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore + Readiness {}
-impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore + Readiness> Store for T {}
+pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Readiness {}
+impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Readiness> Store for T {}
 
 /// Readiness check shared by the SQL backends: the newest migration of this build is recorded.
 async fn migrations_applied<'e, E>(executor: E, migrator: &sqlx::migrate::Migrator) -> StoreResult<()>

@@ -75,6 +75,26 @@ macro_rules! impl_sql_store {
         })
     }
 
+    fn event_from_row(row: &$row) -> StoreResult<WebhookEvent> {
+        Ok(WebhookEvent {
+            id: row.try_get("id")?,
+            project_id: row.try_get("project_id")?,
+            provider: row.try_get("provider")?,
+            dedup_key: row.try_get("dedup_key")?,
+            event_type: row.try_get("event_type")?,
+            remote_user_id: row.try_get("remote_user_id")?,
+            endpoint_id: row.try_get("endpoint_id")?,
+            patient_id: row.try_get("patient_id")?,
+            payload: row.try_get("payload")?,
+            state: row.try_get("state")?,
+            attempts: row.try_get("attempts")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            last_error: row.try_get("last_error")?,
+            received_at: row.try_get("received_at")?,
+            processed_at: row.try_get("processed_at")?,
+        })
+    }
+
     /// Writes `body` as the next version of an existing Endpoint, inside `tx`.
     async fn write_endpoint_version(
         tx: &mut sqlx::Transaction<'static, $db>,
@@ -402,6 +422,23 @@ macro_rules! impl_sql_store {
                 .transpose()
         }
 
+        async fn find_connection_by_remote_user(
+            &self,
+            project_id: &str,
+            provider: &str,
+            remote_user_id: &str,
+        ) -> StoreResult<Option<ConnectionRecord>> {
+            sqlx::query("SELECT * FROM connections WHERE project_id = $1 AND provider = $2 AND remote_user_id = $3")
+                .bind(project_id)
+                .bind(provider)
+                .bind(remote_user_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .as_ref()
+                .map(connection_from_row)
+                .transpose()
+        }
+
         async fn list_connections(
             &self,
             project_id: &str,
@@ -546,7 +583,7 @@ macro_rules! impl_sql_store {
             let updated = sqlx::query(
                 "UPDATE connections SET token_key_id = $1, token_ciphertext = $2, has_refresh_token = $3,
                      expires_at = $4, updated_at = $5, last_refreshed_at = $5, last_error = NULL,
-                     refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
+                     refresh_failures = 0, next_attempt_at = $8, lease_owner = NULL, lease_until = NULL
                  WHERE endpoint_id = $6 AND lease_owner = $7 AND status = 'active'",
             )
             .bind(&tokens.key_id)
@@ -556,6 +593,7 @@ macro_rules! impl_sql_store {
             .bind(c.updated_at)
             .bind(&c.endpoint_id)
             .bind(&lease.owner)
+            .bind(c.next_attempt_at)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -719,6 +757,126 @@ macro_rules! impl_sql_store {
                     })
                 })
                 .collect()
+        }
+    }
+
+    #[async_trait]
+    impl $crate::store::WebhookStore for $store {
+        async fn insert_event(&self, e: &WebhookEvent) -> StoreResult<bool> {
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_events (id, project_id, provider, dedup_key, event_type, remote_user_id,
+                     endpoint_id, patient_id, payload, state, attempts, next_attempt_at, last_error, received_at,
+                     processed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT (project_id, provider, dedup_key) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.project_id)
+            .bind(&e.provider)
+            .bind(&e.dedup_key)
+            .bind(&e.event_type)
+            .bind(&e.remote_user_id)
+            .bind(&e.endpoint_id)
+            .bind(&e.patient_id)
+            .bind(&e.payload)
+            .bind(&e.state)
+            .bind(e.attempts)
+            .bind(e.next_attempt_at)
+            .bind(&e.last_error)
+            .bind(e.received_at)
+            .bind(e.processed_at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(inserted == 1)
+        }
+
+        async fn claim_due_events(&self, lease: &Lease, limit: i64) -> StoreResult<Vec<WebhookEvent>> {
+            let rows = sqlx::query(concat!(
+                "UPDATE webhook_events SET next_attempt_at = $1
+                 WHERE id IN (SELECT id FROM webhook_events WHERE state = 'received' AND next_attempt_at <= $2
+                              ORDER BY received_at LIMIT $3",
+                $skip_locked,
+                ")
+                 RETURNING *"
+            ))
+            .bind(lease.until)
+            .bind(lease.now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(event_from_row).collect()
+        }
+
+        async fn finish_event(&self, id: &str, state: &str, processed_at: i64) -> StoreResult<()> {
+            sqlx::query("UPDATE webhook_events SET state = $1, processed_at = $2, last_error = NULL WHERE id = $3")
+                .bind(state)
+                .bind(processed_at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        }
+
+        async fn fail_event(
+            &self,
+            id: &str,
+            attempts: i64,
+            next_attempt_at: i64,
+            error: &str,
+            dead: bool,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE webhook_events SET attempts = $1, next_attempt_at = $2, last_error = $3,
+                     state = CASE WHEN $4 = 1 THEN 'dead' ELSE state END
+                 WHERE id = $5",
+            )
+            .bind(attempts)
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(i64::from(dead))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        }
+
+        async fn list_events(&self, project_id: &str, filter: &EventFilter) -> StoreResult<Vec<WebhookEvent>> {
+            let rows = sqlx::query(
+                "SELECT * FROM webhook_events WHERE project_id = $1
+                 AND ($2 IS NULL OR patient_id = $2) AND ($3 IS NULL OR state = $3)
+                 ORDER BY received_at DESC, id LIMIT 1000",
+            )
+            .bind(project_id)
+            .bind(&filter.patient_id)
+            .bind(&filter.state)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(event_from_row).collect()
+        }
+
+        async fn count_events(&self, project_id: &str) -> StoreResult<Vec<(String, i64)>> {
+            Ok(sqlx::query_as(
+                "SELECT state, COUNT(*) FROM webhook_events WHERE project_id = $1 GROUP BY state ORDER BY state",
+            )
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
+        async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool> {
+            let replayed = sqlx::query(
+                "UPDATE webhook_events SET state = 'received', attempts = 0, next_attempt_at = $1, last_error = NULL,
+                     processed_at = NULL
+                 WHERE project_id = $2 AND id = $3",
+            )
+            .bind(now)
+            .bind(project_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(replayed == 1)
         }
     }
     };

@@ -147,6 +147,8 @@ pub struct Options {
     pub provider_timeout: Duration,
     /// Reach PostgreSQL through this address (a `FlakyProxy`) instead of directly.
     pub database_via: Option<std::net::SocketAddr>,
+    /// How long a request waits for a database connection before its 503.
+    pub acquire_timeout: Duration,
     /// How long tokens, settings and secrets may be served from memory.
     pub cache_ttl: Duration,
 }
@@ -157,6 +159,7 @@ impl Default for Options {
             state_ttl: Duration::from_secs(600),
             provider_timeout: Duration::from_secs(2),
             database_via: None,
+            acquire_timeout: Duration::from_secs(2),
             cache_ttl: wearlink::cache::DEFAULT_TTL,
         }
     }
@@ -233,7 +236,7 @@ impl TestApp {
         config.state_ttl = options.state_ttl;
         config.provider_timeout = options.provider_timeout;
         config.cache_ttl = options.cache_ttl;
-        config.pool.acquire_timeout = Duration::from_millis(500);
+        config.pool.acquire_timeout = options.acquire_timeout;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         config.base_url = wearlink::config::base_url_for(listener.local_addr().unwrap());
         let (base, services) = serve(config, listener).await;

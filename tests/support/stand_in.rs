@@ -52,6 +52,20 @@ struct Inner {
     polar_users: HashMap<String, String>,
     polar_registrations: u32,
     next_user: u64,
+    /// Valid Strava refresh tokens → athlete id. A refresh token works once (Strava rotates them).
+    refresh_tokens: HashMap<String, u64>,
+    /// Successful refreshes per athlete.
+    refreshes: HashMap<u64, u32>,
+    /// Latest access token per user id.
+    latest_access: HashMap<u64, String>,
+    /// Revocations received: (provider, access token or user id).
+    revocations: Vec<(&'static str, String)>,
+    /// The Polar webhook's signing key, once created.
+    pub polar_signature_key: Option<String>,
+    /// Lifetime of tokens issued at the code exchange.
+    initial_expires_in: i64,
+    /// Answer refreshes without a refresh token (and keep the old one valid).
+    omit_refresh_token: bool,
 }
 
 #[derive(Clone)]
@@ -59,6 +73,7 @@ pub struct StandIn {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     mode: Arc<Mutex<TokenMode>>,
+    revoke_mode: Arc<Mutex<TokenMode>>,
     deny: Arc<Mutex<bool>>,
 }
 
@@ -68,8 +83,9 @@ impl StandIn {
         let addr = listener.local_addr().unwrap();
         let stand_in = StandIn {
             addr,
-            inner: Arc::new(Mutex::new(Inner { next_user: 1000, ..Default::default() })),
+            inner: Arc::new(Mutex::new(Inner { next_user: 1000, initial_expires_in: 21600, ..Default::default() })),
             mode: Arc::new(Mutex::new(TokenMode::Normal)),
+            revoke_mode: Arc::new(Mutex::new(TokenMode::Normal)),
             deny: Arc::new(Mutex::new(false)),
         };
         let app = Router::new()
@@ -78,6 +94,10 @@ impl StandIn {
             .route("/polar/oauth2/authorization", get(polar_authorize))
             .route("/polar/v2/oauth2/token", post(polar_token))
             .route("/polar/v3/users", post(polar_register))
+            .route("/polar/v3/users/{id}", axum::routing::delete(polar_delete_user))
+            .route("/strava/oauth/deauthorize", post(strava_deauthorize))
+            .route("/strava/api/v3/push_subscriptions", post(strava_push_subscription))
+            .route("/polar/v3/webhooks", post(polar_create_webhook))
             .with_state(stand_in.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         stand_in
@@ -93,6 +113,7 @@ impl StandIn {
             ("WEARLINK_PROVIDER_STRAVA_AUTHORIZE_URL".into(), self.url("/strava/oauth/authorize")),
             ("WEARLINK_PROVIDER_STRAVA_TOKEN_URL".into(), self.url("/strava/oauth/token")),
             ("WEARLINK_PROVIDER_STRAVA_API_URL".into(), self.url("/strava/api/v3")),
+            ("WEARLINK_PROVIDER_STRAVA_REVOKE_URL".into(), self.url("/strava/oauth/deauthorize")),
             ("WEARLINK_PROVIDER_POLAR_AUTHORIZE_URL".into(), self.url("/polar/oauth2/authorization")),
             ("WEARLINK_PROVIDER_POLAR_TOKEN_URL".into(), self.url("/polar/v2/oauth2/token")),
             ("WEARLINK_PROVIDER_POLAR_API_URL".into(), self.url("/polar/v3")),
@@ -101,6 +122,45 @@ impl StandIn {
 
     pub fn set_token_mode(&self, mode: TokenMode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// How the revoke endpoints (Strava deauthorize, Polar user deletion) answer.
+    pub fn set_revoke_mode(&self, mode: TokenMode) {
+        *self.revoke_mode.lock().unwrap() = mode;
+    }
+
+    /// Lifetime of the tokens the code exchange issues from now on.
+    pub fn set_initial_expires_in(&self, secs: i64) {
+        self.inner.lock().unwrap().initial_expires_in = secs;
+    }
+
+    pub fn set_omit_refresh_token(&self, omit: bool) {
+        self.inner.lock().unwrap().omit_refresh_token = omit;
+    }
+
+    /// The athletes revoke our app at Strava: every refresh token stops working.
+    pub fn forget_refresh_tokens(&self) {
+        self.inner.lock().unwrap().refresh_tokens.clear();
+    }
+
+    pub fn refreshes_of(&self, user: u64) -> u32 {
+        self.inner.lock().unwrap().refreshes.get(&user).copied().unwrap_or(0)
+    }
+
+    pub fn total_refreshes(&self) -> u32 {
+        self.inner.lock().unwrap().refreshes.values().sum()
+    }
+
+    pub fn latest_access_token(&self, user: u64) -> Option<String> {
+        self.inner.lock().unwrap().latest_access.get(&user).cloned()
+    }
+
+    pub fn polar_signature_key(&self) -> Option<String> {
+        self.inner.lock().unwrap().polar_signature_key.clone()
+    }
+
+    pub fn revocations(&self) -> Vec<(&'static str, String)> {
+        self.inner.lock().unwrap().revocations.clone()
     }
 
     /// The user declines at the authorize page.
@@ -166,20 +226,20 @@ impl StandIn {
     /// Applies the failure mode; `Some` is the answer to give instead of a normal one.
     async fn failure(&self) -> Option<Response> {
         let mode = *self.mode.lock().unwrap();
-        match mode {
-            TokenMode::Normal => None,
-            TokenMode::Slow(d) => {
-                tokio::time::sleep(d).await;
-                None
-            }
-            TokenMode::Status(s) => Some(
-                (StatusCode::from_u16(s).unwrap(), Json(json!({"message": "Server Error", "errors": []})))
-                    .into_response(),
-            ),
-            TokenMode::Garbage => {
-                Some((StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>oops</html>").into_response())
-            }
+        failure_answer(mode).await
+    }
+
+    fn issue(&self, provider: &'static str, user: u64, refresh: bool, initial: bool) -> (String, Option<String>, i64) {
+        let access = format!("{provider}-access-{}", uuid::Uuid::new_v4().simple());
+        let refresh = refresh.then(|| format!("{provider}-refresh-{}", uuid::Uuid::new_v4().simple()));
+        let mut inner = self.inner.lock().unwrap();
+        inner.issued.push((provider, access.clone(), refresh.clone()));
+        inner.latest_access.insert(user, access.clone());
+        if let Some(r) = &refresh {
+            inner.refresh_tokens.insert(r.clone(), user);
         }
+        let expires_in = if initial { inner.initial_expires_in } else { 21600 };
+        (access, refresh, expires_in)
     }
 
     /// Takes a code once: `(redirect_uri at authorize, user id)`.
@@ -201,12 +261,30 @@ impl StandIn {
             .and_then(|pair| pair.split_once(':').map(|(u, p)| (decode_form(u), decode_form(p))));
         self.inner.lock().unwrap().token_requests.push(TokenRequest { provider, form: form.clone(), basic_auth });
     }
+}
 
-    fn issue(&self, provider: &'static str, refresh: bool) -> (String, Option<String>) {
-        let access = format!("{provider}-access-{}", uuid::Uuid::new_v4().simple());
-        let refresh = refresh.then(|| format!("{provider}-refresh-{}", uuid::Uuid::new_v4().simple()));
-        self.inner.lock().unwrap().issued.push((provider, access.clone(), refresh.clone()));
-        (access, refresh)
+/// Applies a failure mode; `Some` is the answer to give instead of a normal one.
+async fn failure_answer(mode: TokenMode) -> Option<Response> {
+    match mode {
+        TokenMode::Normal => None,
+        TokenMode::Slow(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        TokenMode::Status(429) => Some(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "120")],
+                Json(json!({"message": "Rate Limit Exceeded", "errors": []})),
+            )
+                .into_response(),
+        ),
+        TokenMode::Status(s) => Some(
+            (StatusCode::from_u16(s).unwrap(), Json(json!({"message": "Server Error", "errors": []}))).into_response(),
+        ),
+        TokenMode::Garbage => {
+            Some((StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>oops</html>").into_response())
+        }
     }
 }
 
@@ -237,23 +315,53 @@ async fn strava_token(
     if field("client_id") != STRAVA_CLIENT_ID || field("client_secret") != STRAVA_CLIENT_SECRET {
         return strava_error(StatusCode::UNAUTHORIZED, "Authorization Error", "Application", "client_id");
     }
-    if field("grant_type") != "authorization_code" {
-        return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "RefreshToken", "grant_type");
-    }
-    let Some((_, user)) = s.take_code("strava", &field("code")) else {
-        return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "AuthorizationCode", "code");
-    };
-    let (access, refresh) = s.issue("strava", true);
     let now = chrono::Utc::now().timestamp();
-    Json(json!({
-        "token_type": "Bearer",
-        "expires_at": now + 21600,
-        "expires_in": 21600,
-        "refresh_token": refresh,
-        "access_token": access,
-        "athlete": { "id": user, "username": "athlete", "firstname": "Ada", "lastname": "Runner" }
-    }))
-    .into_response()
+    match field("grant_type").as_str() {
+        "authorization_code" => {
+            let Some((_, user)) = s.take_code("strava", &field("code")) else {
+                return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "AuthorizationCode", "code");
+            };
+            let (access, refresh, expires_in) = s.issue("strava", user, true, true);
+            Json(json!({
+                "token_type": "Bearer",
+                "expires_at": now + expires_in,
+                "expires_in": expires_in,
+                "refresh_token": refresh,
+                "access_token": access,
+                "athlete": { "id": user, "username": "athlete", "firstname": "Ada", "lastname": "Runner" }
+            }))
+            .into_response()
+        }
+        "refresh_token" => {
+            let omit = s.inner.lock().unwrap().omit_refresh_token;
+            // A used refresh token stops working, unless no new one is handed out.
+            let user = {
+                let mut inner = s.inner.lock().unwrap();
+                let token = field("refresh_token");
+                let user =
+                    if omit { inner.refresh_tokens.get(&token).copied() } else { inner.refresh_tokens.remove(&token) };
+                if let Some(user) = user {
+                    *inner.refreshes.entry(user).or_default() += 1;
+                }
+                user
+            };
+            let Some(user) = user else {
+                return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "RefreshToken", "refresh_token");
+            };
+            let (access, refresh, expires_in) = s.issue("strava", user, !omit, false);
+            let mut answer = json!({
+                "token_type": "Bearer",
+                "access_token": access,
+                "expires_at": now + expires_in,
+                "expires_in": expires_in,
+            });
+            if let Some(refresh) = refresh {
+                answer["refresh_token"] = json!(refresh);
+            }
+            Json(answer).into_response()
+        }
+        _ => strava_error(StatusCode::BAD_REQUEST, "Bad Request", "Application", "grant_type"),
+    }
 }
 
 fn strava_error(status: StatusCode, message: &str, resource: &str, field: &str) -> Response {
@@ -281,7 +389,7 @@ async fn polar_token(
     }
     match s.take_code("polar", &field("code")) {
         Some((uri, user)) if uri == field("redirect_uri") => {
-            let (access, _) = s.issue("polar", false);
+            let (access, _, _) = s.issue("polar", user, false, true);
             Json(json!({
                 "access_token": access,
                 "token_type": "bearer",
@@ -316,5 +424,107 @@ async fn polar_register(State(s): State<StandIn>, headers: HeaderMap, Json(body)
     }
     inner.polar_users.insert(key, member_id.clone());
     Json(json!({"polar-user-id": user, "member-id": member_id, "registration-date": "2026-11-25T10:00:00.000Z"}))
+        .into_response()
+}
+
+/// Strava `POST /oauth/deauthorize`: the access token in the form; 401 when it is not valid.
+async fn strava_deauthorize(State(s): State<StandIn>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let mode = *s.revoke_mode.lock().unwrap();
+    if let Some(answer) = failure_answer(mode).await {
+        return answer;
+    }
+    let token = form.get("access_token").cloned().unwrap_or_default();
+    let mut inner = s.inner.lock().unwrap();
+    if !inner.issued.iter().any(|(p, a, _)| *p == "strava" && *a == token) {
+        return strava_error(StatusCode::UNAUTHORIZED, "Authorization Error", "Athlete", "access_token");
+    }
+    inner.revocations.push(("strava", token.clone()));
+    Json(json!({ "access_token": token })).into_response()
+}
+
+/// AccessLink `DELETE /v3/users/{user-id}`: 204.
+async fn polar_delete_user(
+    State(s): State<StandIn>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mode = *s.revoke_mode.lock().unwrap();
+    if let Some(answer) = failure_answer(mode).await {
+        return answer;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    let mut inner = s.inner.lock().unwrap();
+    let Ok(user) = id.parse::<u64>() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if inner.latest_access.get(&user) != Some(&token) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    inner.revocations.push(("polar", id));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub const STRAVA_SUBSCRIPTION_ID: u64 = 120475;
+
+/// Strava `POST /api/v3/push_subscriptions`: validates the callback with a GET carrying a
+/// challenge and the verify token, as Strava does, before answering the subscription id.
+async fn strava_push_subscription(State(s): State<StandIn>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if field("client_id") != STRAVA_CLIENT_ID || field("client_secret") != STRAVA_CLIENT_SECRET {
+        return strava_error(StatusCode::UNAUTHORIZED, "Authorization Error", "Application", "client_id");
+    }
+    let challenge = format!("challenge-{}", uuid::Uuid::new_v4().simple());
+    let mut url = url::Url::parse(&field("callback_url")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("hub.mode", "subscribe")
+        .append_pair("hub.challenge", &challenge)
+        .append_pair("hub.verify_token", &field("verify_token"));
+    let echoed: Option<serde_json::Value> = match reqwest::get(url).await {
+        Ok(r) if r.status().is_success() => r.json().await.ok(),
+        _ => None,
+    };
+    if echoed.as_ref().and_then(|v| v.get("hub.challenge")).and_then(|c| c.as_str()) != Some(challenge.as_str()) {
+        return strava_error(StatusCode::BAD_REQUEST, "Bad Request", "PushSubscription", "callback url");
+    }
+    let _ = &s;
+    Json(json!({ "id": STRAVA_SUBSCRIPTION_ID })).into_response()
+}
+
+/// Polar `POST /v3/webhooks`: Basic client credentials; PINGs the URL, then answers the key.
+async fn polar_create_webhook(
+    State(s): State<StandIn>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{POLAR_CLIENT_ID}:{POLAR_CLIENT_SECRET}"))
+    );
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let url = body["url"].as_str().unwrap_or_default().to_string();
+    let ping = json!({"timestamp": "2026-11-25T10:00:00Z", "event": "PING"});
+    let pinged = reqwest::Client::new()
+        .post(&url)
+        .header("Polar-Webhook-Event", "PING")
+        .json(&ping)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !pinged {
+        return (StatusCode::BAD_REQUEST, "the webhook URL did not answer the PING").into_response();
+    }
+    let key = format!("polar-signature-key-{}", uuid::Uuid::new_v4().simple());
+    s.inner.lock().unwrap().polar_signature_key = Some(key.clone());
+    (
+        StatusCode::CREATED,
+        Json(json!({"data": {"id": "abdf33", "events": body["events"], "url": url, "signature_secret_key": key}})),
+    )
         .into_response()
 }
