@@ -173,13 +173,25 @@ pub struct ProviderAccess {
     pub redirect_allowlist: Option<Vec<url::Origin>>,
 }
 
+/// The project's stored settings (internal ones included), through the cache.
+pub async fn stored_settings(services: &Services, project_id: &str) -> Result<crate::cache::Settings> {
+    services
+        .cache
+        .settings(project_id, async { Ok::<_, Error>(services.store.list_settings(project_id).await?.into()) })
+        .await
+}
+
+/// Records a setting that is not set through the settings API (e.g. a provider's subscription id).
+pub async fn put_internal_setting(services: &Services, project_id: &str, key: &str, value: &Value) -> Result<()> {
+    services.store.put_setting(project_id, key, value, now_ms()).await?;
+    services.cache.forget_project(project_id);
+    Ok(())
+}
+
 pub async fn provider_access(services: &Services, project_id: &str, provider: &dyn Provider) -> Result<ProviderAccess> {
     let toggle = enabled_setting(provider.slug());
     let mut access = ProviderAccess { enabled: false, redirect_allowlist: None };
-    let settings = services
-        .cache
-        .settings(project_id, async { Ok::<_, Error>(services.store.list_settings(project_id).await?.into()) });
-    for (key, value) in settings.await?.iter() {
+    for (key, value) in stored_settings(services, project_id).await?.iter() {
         if *key == toggle {
             access.enabled = *value == Value::Bool(true);
         } else if key == REDIRECT_ALLOWLIST {

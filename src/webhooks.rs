@@ -68,11 +68,9 @@ pub async fn strava_challenge(
 pub async fn receive_strava(services: &Services, project_id: &str, body: &[u8]) -> Result<Receipt> {
     require_project(services, project_id).await?;
     let event = StravaEvent::parse(body).map_err(Error::Malformed)?;
-    let recorded = services
-        .store
-        .list_settings(project_id)
+    let recorded = projects::stored_settings(services, project_id)
         .await?
-        .into_iter()
+        .iter()
         .find(|(k, _)| k == STRAVA_SUBSCRIPTION_SETTING)
         .and_then(|(_, v)| v.as_str().map(String::from));
     if recorded.as_deref() != Some(event.subscription_id.to_string().as_str()) {
@@ -259,7 +257,8 @@ pub async fn subscribe(services: &Services, principal: &Principal, slug: &str) -
             .await
             .map_err(upstream)?;
             let value = serde_json::Value::String(id.clone());
-            services.store.put_setting(&principal.project_id, STRAVA_SUBSCRIPTION_SETTING, &value, now_ms()).await?;
+            projects::put_internal_setting(services, &principal.project_id, STRAVA_SUBSCRIPTION_SETTING, &value)
+                .await?;
             Ok((id, url))
         }
         "polar" => {
