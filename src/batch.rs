@@ -1,58 +1,136 @@
-//! Group commit of connect states: concurrent connects share one `INSERT` (one statement, one
-//! transaction, one round trip) instead of one each. A state is stored before its connect answers,
-//! exactly as without batching; nothing waits on a timer — a batch is whatever queued while the
-//! previous one was being written, so a lone connect is written at once.
+//! Group commit of the writes on the connect → callback path: concurrent callers share one
+//! statement (or one transaction) instead of one each. Nothing waits on a timer — a batch is
+//! whatever queued while the previous one was being written, so a lone caller is written at once,
+//! and each caller still gets its answer only after its write has committed.
+//!
+//! On SQLite, where one connection writes, this is what lets the write path scale: the cost of a
+//! write is mostly the round trips to the database thread and the commit, and a batch pays them once.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
+use futures::future::BoxFuture;
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{OAuthStateRecord, Store, StoreError, StoreResult};
+use crate::store::{ConnectionRecord, OAuthStateRecord, Store, StoreError, StoreResult, StoredResource};
 
-/// States written by one statement at most (7 parameters each).
+/// Items written together at most (statement parameters stay far below every backend's limit).
 const MAX_BATCH: usize = 64;
 
-struct Job {
-    state: OAuthStateRecord,
-    done: oneshot::Sender<StoreResult<bool>>,
-}
+type Answer<O> = oneshot::Sender<StoreResult<O>>;
+/// Writes a batch; answers one result per item, in order.
+type WriteBatch<I, O> = fn(Arc<dyn Store>, Vec<I>) -> BoxFuture<'static, Vec<StoreResult<O>>>;
 
-pub struct StateWriter {
+/// A queue in front of one batched write.
+pub struct Batcher<I, O> {
     store: Arc<dyn Store>,
-    /// Started on first use, so commands that never connect start no task.
-    queue: OnceLock<mpsc::UnboundedSender<Job>>,
+    write: WriteBatch<I, O>,
+    /// Started on first use, so commands that never write start no task.
+    queue: OnceLock<mpsc::UnboundedSender<(I, Answer<O>)>>,
 }
 
-impl StateWriter {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, queue: OnceLock::new() }
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    fn new(store: Arc<dyn Store>, write: WriteBatch<I, O>) -> Self {
+        Self { store, write, queue: OnceLock::new() }
     }
 
-    /// Stores the state when its patient exists in its project; answers whether it did.
-    pub async fn insert(&self, state: OAuthStateRecord) -> StoreResult<bool> {
+    pub async fn run(&self, item: I) -> StoreResult<O> {
         let queue = self.queue.get_or_init(|| {
             let (queue, jobs) = mpsc::unbounded_channel();
-            tokio::spawn(write_batches(Arc::clone(&self.store), jobs));
+            tokio::spawn(write_batches(Arc::clone(&self.store), self.write, jobs));
             queue
         });
-        let (done, answer) = oneshot::channel();
-        queue.send(Job { state, done }).map_err(|_| StoreError::Unavailable("state writer stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("state writer stopped".into()))?
+        let (answer, answered) = oneshot::channel();
+        queue.send((item, answer)).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn stopped() -> StoreError {
+    StoreError::Unavailable("batch writer stopped".into())
+}
+
+async fn write_batches<I: Send + 'static, O: Send + 'static>(
+    store: Arc<dyn Store>,
+    write: WriteBatch<I, O>,
+    mut jobs: mpsc::UnboundedReceiver<(I, Answer<O>)>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let states: Vec<OAuthStateRecord> = batch.iter().map(|job| job.state.clone()).collect();
-        let written = store.insert_states_for_patients(&states).await;
-        for job in batch.drain(..) {
-            let answer = match &written {
-                Ok(hashes) => Ok(hashes.contains(&job.state.state_hash)),
-                Err(StoreError::Unavailable(e)) => Err(StoreError::Unavailable(e.clone())),
-                Err(e) => Err(StoreError::Database(e.to_string())),
-            };
-            let _ = job.done.send(answer); // the connect may have gone away
+        let (items, answers): (Vec<I>, Vec<Answer<O>>) = batch.drain(..).unzip();
+        // A panicking write must not stop the writer: its callers get an error, later ones a fresh try.
+        let results = match tokio::spawn(write(Arc::clone(&store), items)).await {
+            Ok(results) => results,
+            Err(e) => answers.iter().map(|_| Err(StoreError::Database(format!("batch write failed: {e}")))).collect(),
+        };
+        for (answer, result) in answers.into_iter().zip(results) {
+            let _ = answer.send(result); // the caller may have gone away
         }
     }
+}
+
+/// One store error, answered to every caller of a failed batch.
+fn for_each<O>(n: usize, e: &StoreError) -> Vec<StoreResult<O>> {
+    (0..n).map(|_| Err(e.clone())).collect()
+}
+
+/// The batched writes of the connect → callback path.
+pub struct Writes {
+    /// Connect: stores a state when its patient exists in its project; answers whether it did.
+    pub insert_state: Batcher<OAuthStateRecord, bool>,
+    /// Callback: deletes and returns the state with this hash; of several takers only one gets it.
+    pub take_state: Batcher<String, Option<OAuthStateRecord>>,
+    /// Callback: writes the connection and the next version of its Endpoint.
+    pub save_connection: Batcher<(ConnectionRecord, Value), StoredResource>,
+}
+
+impl Writes {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            insert_state: Batcher::new(Arc::clone(&store), |store, states| Box::pin(insert_states(store, states))),
+            take_state: Batcher::new(Arc::clone(&store), |store, hashes| Box::pin(take_states(store, hashes))),
+            save_connection: Batcher::new(store, |store, items| Box::pin(save_connections(store, items))),
+        }
+    }
+}
+
+async fn insert_states(store: Arc<dyn Store>, states: Vec<OAuthStateRecord>) -> Vec<StoreResult<bool>> {
+    match store.insert_states_for_patients(&states).await {
+        Ok(written) => {
+            let written: HashSet<String> = written.into_iter().collect();
+            states.iter().map(|s| Ok(written.contains(&s.state_hash))).collect()
+        }
+        Err(e) => for_each(states.len(), &e),
+    }
+}
+
+async fn take_states(store: Arc<dyn Store>, hashes: Vec<String>) -> Vec<StoreResult<Option<OAuthStateRecord>>> {
+    match store.take_states(&hashes).await {
+        Ok(taken) => {
+            let mut taken: HashMap<String, OAuthStateRecord> =
+                taken.into_iter().map(|s| (s.state_hash.clone(), s)).collect();
+            // `remove`: when one state comes twice in a batch, only the first caller gets it.
+            hashes.iter().map(|h| Ok(taken.remove(h))).collect()
+        }
+        Err(e) => for_each(hashes.len(), &e),
+    }
+}
+
+/// One transaction for the batch; if it fails (another writer created one of these connections
+/// first, say), each is written on its own so that only the one in conflict fails.
+async fn save_connections(
+    store: Arc<dyn Store>,
+    items: Vec<(ConnectionRecord, Value)>,
+) -> Vec<StoreResult<StoredResource>> {
+    match store.save_connections(&items).await {
+        Ok(saved) => return saved.into_iter().map(Ok).collect(),
+        Err(e) if items.len() == 1 => return vec![Err(e)],
+        Err(_) => {}
+    }
+    let mut results = Vec::with_capacity(items.len());
+    for (connection, endpoint) in items {
+        results.push(store.save_connection(&connection, endpoint).await);
+    }
+    results
 }

@@ -82,9 +82,8 @@ impl Config {
         if let Some(base) = var("WEARLINK_BASE_URL") {
             config.base_url = parse_url("WEARLINK_BASE_URL", &base)?;
         }
-        // SQLite: one connection by default. Writers then queue in-process instead of meeting
-        // SQLITE_BUSY and SQLite's sleeping busy handler, and the page cache stays warm.
-        let pool_default = if config.database_url.starts_with("sqlite:") { "1" } else { "10" };
+        // SQLite: the read-only connections beside its one writing connection.
+        let pool_default = if config.database_url.starts_with("sqlite:") { "4" } else { "10" };
         config.pool.max_connections = parse_var(&var, "WEARLINK_DB_MAX_CONNECTIONS", pool_default)?;
         config.pool.acquire_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_DB_ACQUIRE_TIMEOUT_MS", "2000")?);
         config.master_key = var("WEARLINK_MASTER_KEY");
@@ -157,7 +156,7 @@ mod tests {
         assert_eq!(config.base_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(config.database_url, "sqlite://wearlink-data/wearlink.db");
         assert_eq!(config.state_ttl, Duration::from_secs(600));
-        assert_eq!(config.pool.max_connections, 1, "SQLite");
+        assert_eq!(config.pool.max_connections, 4, "SQLite readers");
         assert_eq!(config.cache_ttl, Duration::from_secs(2));
         let postgres =
             Config::from_vars(|name| (name == "WEARLINK_DATABASE_URL").then(|| "postgres://db/w".into())).unwrap();

@@ -96,8 +96,9 @@ pub async fn start(
     let state = random_token(STATE_BYTES);
     let now = now_ms();
     let inserted = services
-        .states
-        .insert(OAuthStateRecord {
+        .writes
+        .insert_state
+        .run(OAuthStateRecord {
             state_hash: sha256_hex(&state),
             project_id: project_id.clone(),
             patient_id: request.patient_id.clone(),
@@ -189,7 +190,7 @@ impl Callback {
 pub async fn finish(services: &Services, slug: &str, params: CallbackParams) -> Result<Callback> {
     let provider = provider(services, slug)?;
     let state = params.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256).ok_or(Error::InvalidState)?;
-    let record = services.store.take_state(&sha256_hex(state)).await?.ok_or(Error::InvalidState)?;
+    let record = services.writes.take_state.run(sha256_hex(state)).await?.ok_or(Error::InvalidState)?;
     if record.expires_at <= now_ms() || record.provider != slug {
         return Err(Error::InvalidState);
     }
@@ -285,7 +286,8 @@ async fn save(
             refresh_failures: 0,
             next_attempt_at: None,
         };
-        match services.store.save_connection(&record, endpoint_body(provider, &record)).await {
+        let endpoint = endpoint_body(provider, &record);
+        match services.writes.save_connection.run((record, endpoint)).await {
             Ok(stored) => return Ok(stored.id),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e.into()),

@@ -35,8 +35,8 @@ pub struct Services {
     pub instance_id: String,
     /// API tokens, settings and sealed secrets, for at most `config.cache_ttl`.
     pub cache: cache::Cache,
-    /// Writes connect states, many connects to one statement.
-    pub states: batch::StateWriter,
+    /// The connect → callback path's writes, many callers to one statement or transaction.
+    pub writes: batch::Writes,
 }
 
 impl Services {
@@ -61,7 +61,7 @@ impl Services {
             http: providers::http_client(config.provider_timeout),
             instance_id: uuid::Uuid::new_v4().to_string(),
             cache: cache::Cache::new(config.cache_ttl),
-            states: batch::StateWriter::new(Arc::clone(&store)),
+            writes: batch::Writes::new(Arc::clone(&store)),
             keyring,
             store,
             config,

@@ -1,10 +1,14 @@
-//! Security properties when many connects are written together (states are group-committed):
-//! each connect gets its own single-use state, and a project cannot start a connect for another
-//! project's patient even when both share one batch.
+//! Stories under concurrency, where connect states, callbacks' states and connections are written
+//! in batches (`wearlink::batch`): each connect gets its own single-use state, a project cannot
+//! start a connect for another project's patient even when both share one batch, and callbacks
+//! finishing together each leave exactly one Endpoint per patient, versioned once per callback.
 
 mod support;
 
-on_both_backends!(concurrent_connects_keep_their_own_states_and_tenants);
+on_both_backends!(
+    concurrent_connects_keep_their_own_states_and_tenants,
+    callbacks_finishing_together_keep_one_endpoint_per_patient,
+);
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -54,5 +58,78 @@ async fn concurrent_connects_keep_their_own_states_and_tenants(backend: Backend)
         assert_eq!(query_map(&location.unwrap())["status"], "connected");
         let (status, _, body) = app.callback(&callback).await;
         assert_eq!(problem_code(&body, status), "invalid_state");
+    }
+}
+
+/// Approves `n` connects of `patient`, answering the callback URLs (not yet followed).
+async fn approved_connects(app: &TestApp, patient: &str, n: usize) -> Vec<String> {
+    let mut callbacks = Vec::new();
+    for _ in 0..n {
+        let (status, started) = app.connect("strava", json!({"patientId": patient})).await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+        callbacks.push(app.approve(started["authorizationUrl"].as_str().unwrap()).await);
+    }
+    callbacks
+}
+
+/// Follows all callbacks at once; answers the Endpoint id each one connected.
+async fn follow_together(app: &TestApp, callbacks: &[(String, String)]) -> Vec<(String, String)> {
+    let answers = futures::future::join_all(callbacks.iter().map(|(patient, url)| async move {
+        let (status, _, body) = app.callback(url).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "connected", "{body}");
+        (patient.clone(), body["endpointId"].as_str().unwrap().to_string())
+    }));
+    answers.await
+}
+
+async fn callbacks_finishing_together_keep_one_endpoint_per_patient(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.configure("strava").await;
+    let mut patients = Vec::new();
+    for _ in 0..12 {
+        patients.push(app.create_patient().await);
+    }
+
+    // First connects, all finishing at once; four patients approved twice in two tabs, so two
+    // first connects of one patient race to create its Endpoint.
+    let mut round = Vec::new();
+    for (i, patient) in patients.iter().enumerate() {
+        for url in approved_connects(&app, patient, if i < 4 { 2 } else { 1 }).await {
+            round.push((patient.clone(), url));
+        }
+    }
+    let mut endpoint_of = std::collections::HashMap::new();
+    for (patient, endpoint) in follow_together(&app, &round).await {
+        let known = endpoint_of.entry(patient.clone()).or_insert_with(|| endpoint.clone());
+        assert_eq!(known, &endpoint, "both tabs of {patient} connected the same Endpoint");
+    }
+    let distinct: std::collections::HashSet<_> = endpoint_of.values().collect();
+    assert_eq!(distinct.len(), patients.len(), "one Endpoint per patient");
+
+    // Everyone reconnects at once, each patient twice.
+    let mut round = Vec::new();
+    for patient in &patients {
+        for url in approved_connects(&app, patient, 2).await {
+            round.push((patient.clone(), url));
+        }
+    }
+    for (patient, endpoint) in follow_together(&app, &round).await {
+        assert_eq!(endpoint, endpoint_of[&patient], "a reconnect keeps the Endpoint");
+    }
+
+    // One Endpoint per patient, one version per callback, each linked to its own patient.
+    for (i, patient) in patients.iter().enumerate() {
+        let bundle = app.endpoints_of(patient).await;
+        let entries = bundle["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{bundle}");
+        let endpoint = &entries[0]["resource"];
+        assert_eq!(endpoint["id"], endpoint_of[patient].as_str());
+        assert_eq!(endpoint["status"], "active");
+        let callbacks = if i < 4 { 4 } else { 3 };
+        assert_eq!(endpoint["meta"]["versionId"], callbacks.to_string(), "{endpoint}");
+        let (status, read) = app.get(&format!("/fhir/R4/Endpoint/{}", endpoint_of[patient])).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read, *endpoint);
     }
 }

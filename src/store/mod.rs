@@ -26,7 +26,7 @@ impl Default for PoolSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another writer created the same connection first; the caller re-reads and tries again.
     #[error("the connection was written concurrently")]
@@ -251,8 +251,9 @@ pub trait StateStore: Send + Sync {
     /// Inserts, in one statement, each state whose patient exists in its project; answers the
     /// hashes of those inserted. Connect's only database write (see `crate::batch`).
     async fn insert_states_for_patients(&self, states: &[OAuthStateRecord]) -> StoreResult<Vec<String>>;
-    /// Deletes and returns the state in one statement: of two concurrent takers only one gets it.
-    async fn take_state(&self, state_hash: &str) -> StoreResult<Option<OAuthStateRecord>>;
+    /// Deletes and returns, in one statement, the states with these hashes that exist: of two
+    /// concurrent takers of a state only one gets it.
+    async fn take_states(&self, state_hashes: &[String]) -> StoreResult<Vec<OAuthStateRecord>>;
     async fn delete_expired_states(&self, now: i64) -> StoreResult<u64>;
 }
 
@@ -275,7 +276,13 @@ pub trait ConnectionStore: Send + Sync {
         -> StoreResult<Vec<ConnectionRecord>>;
     /// Writes the connection and its Endpoint (a new version when it exists) in one transaction.
     /// `StoreError::Conflict` when a different Endpoint id already holds (project, patient, provider).
-    async fn save_connection(&self, connection: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource>;
+    async fn save_connection(&self, connection: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource> {
+        let mut saved = self.save_connections(&[(connection.clone(), endpoint)]).await?;
+        saved.pop().ok_or_else(|| StoreError::Database("a saved connection went missing".into()))
+    }
+    /// `save_connection` for many connections, in one transaction: all are written or none.
+    /// Answers in the order given; fails (writing nothing) when an Endpoint comes twice.
+    async fn save_connections(&self, connections: &[(ConnectionRecord, Value)]) -> StoreResult<Vec<StoredResource>>;
 
     /// Leases up to `limit` active connections with a refresh token expiring before `due_before`,
     /// whose lease is free or ran out and whose backoff has passed. Of several instances claiming

@@ -4,8 +4,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
 use super::sql::impl_sql_store;
 use super::*;
@@ -29,10 +30,19 @@ impl PostgresStore {
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(Self { pool })
     }
+
+    /// Reads and writes share one pool: the server runs them side by side.
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn writer(&self) -> StoreResult<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
 }
 
-async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    pool.begin().await
+async fn begin(connection: &mut PgConnection) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
+    connection.begin().await
 }
 
 #[async_trait]

@@ -1,9 +1,10 @@
 //! The SQL both backends share. sqlx binds `$1`-style parameters on SQLite and PostgreSQL alike, so
-//! one text serves both; a backend file supplies its pool and row types, how a writing transaction
-//! begins, and how rows are locked for update. A macro rather than generics: sqlx's generic
-//! executor bounds would drown every query in trait bounds.
+//! one text serves both; a backend file supplies its connection and row types, where reads and
+//! writes run, how a writing transaction begins, and how rows are locked for update. A macro
+//! rather than generics: sqlx's generic executor bounds would drown every query in trait bounds.
 
-/// Implements the four store traits for `$store` (which has a `pool` field).
+/// Implements the four store traits for `$store`, which provides `reader()` (a pool for
+/// statements that only read) and `writer().await?` (a guard holding the connection that writes).
 macro_rules! impl_sql_store {
     (
         store: $store:ty,
@@ -97,7 +98,7 @@ macro_rules! impl_sql_store {
 
     /// Writes `body` as the next version of an existing Endpoint, inside `tx`.
     async fn write_endpoint_version(
-        tx: &mut sqlx::Transaction<'static, $db>,
+        tx: &mut sqlx::Transaction<'_, $db>,
         endpoint_id: &str,
         body: Value,
         now: i64,
@@ -139,13 +140,13 @@ macro_rules! impl_sql_store {
                 .bind(id)
                 .bind(name)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *self.writer().await?)
                 .await?;
             Ok(())
         }
 
         async fn project_exists(&self, id: &str) -> StoreResult<bool> {
-            Ok(sqlx::query("SELECT 1 FROM projects WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.is_some())
+            Ok(sqlx::query("SELECT 1 FROM projects WHERE id = $1").bind(id).fetch_optional(self.reader()).await?.is_some())
         }
 
         async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()> {
@@ -154,7 +155,7 @@ macro_rules! impl_sql_store {
                 .bind(&token.project_id)
                 .bind(token.role.as_str())
                 .bind(token.created_at)
-                .execute(&self.pool)
+                .execute(&mut *self.writer().await?)
                 .await?;
             Ok(())
         }
@@ -162,7 +163,7 @@ macro_rules! impl_sql_store {
         async fn find_api_token(&self, token_hash: &str) -> StoreResult<Option<ApiTokenRecord>> {
             let row = sqlx::query("SELECT token_hash, project_id, role, created_at FROM api_tokens WHERE token_hash = $1")
                 .bind(token_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.reader())
                 .await?;
             row.map(|row| {
                 let role: String = row.try_get("role")?;
@@ -179,7 +180,7 @@ macro_rules! impl_sql_store {
         async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>> {
             let rows = sqlx::query("SELECT key, value FROM project_settings WHERE project_id = $1 ORDER BY key")
                 .bind(project_id)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await?;
             rows.iter()
                 .map(|row| {
@@ -198,7 +199,7 @@ macro_rules! impl_sql_store {
             .bind(key)
             .bind(value.to_string())
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -214,7 +215,7 @@ macro_rules! impl_sql_store {
             .bind(&sealed.key_id)
             .bind(&sealed.blob)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -224,7 +225,7 @@ macro_rules! impl_sql_store {
                 "SELECT key, key_id, ciphertext, updated_at FROM project_secrets WHERE project_id = $1 ORDER BY key",
             )
             .bind(project_id)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
             rows.iter()
                 .map(|row| {
@@ -238,7 +239,8 @@ macro_rules! impl_sql_store {
         }
 
         async fn delete_secrets(&self, project_id: &str, keys: &[String]) -> StoreResult<u64> {
-            let mut tx = self.pool.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
             let mut deleted = 0;
             for key in keys {
                 deleted += sqlx::query("DELETE FROM project_secrets WHERE project_id = $1 AND key = $2")
@@ -274,7 +276,7 @@ macro_rules! impl_sql_store {
             .bind(patient_of(resource_type, id, &body))
             .bind(now)
             .bind(body.to_string())
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(StoredResource { id: id.into(), version_id: 1, last_updated: now, body })
         }
@@ -292,7 +294,7 @@ macro_rules! impl_sql_store {
             .bind(resource_type)
             .bind(id)
             .bind(project_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.reader())
             .await?
             .as_ref()
             .map(resource_from_row)
@@ -312,7 +314,7 @@ macro_rules! impl_sql_store {
             .bind(project_id)
             .bind(resource_type)
             .bind(patient_id)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
             rows.iter().map(resource_from_row).collect()
         }
@@ -332,7 +334,7 @@ macro_rules! impl_sql_store {
             .bind(&state.redirect_uri)
             .bind(state.created_at)
             .bind(state.expires_at)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -368,26 +370,29 @@ macro_rules! impl_sql_store {
                     .bind(state.created_at)
                     .bind(state.expires_at);
             }
-            Ok(query.fetch_all(&self.pool).await?.into_iter().map(|(hash,)| hash).collect())
+            Ok(query.fetch_all(&mut *self.writer().await?).await?.into_iter().map(|(hash,)| hash).collect())
         }
 
-        async fn take_state(&self, state_hash: &str) -> StoreResult<Option<OAuthStateRecord>> {
-            sqlx::query(
-                "DELETE FROM oauth_states WHERE state_hash = $1
+        async fn take_states(&self, state_hashes: &[String]) -> StoreResult<Vec<OAuthStateRecord>> {
+            if state_hashes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
+                "DELETE FROM oauth_states WHERE state_hash IN {}
                  RETURNING state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at",
-            )
-            .bind(state_hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(state_from_row)
-            .transpose()
+                $crate::store::sql::parameter_list(state_hashes.len()),
+            );
+            let mut query = sqlx::query(&sql);
+            for hash in state_hashes {
+                query = query.bind(hash);
+            }
+            query.fetch_all(&mut *self.writer().await?).await?.iter().map(state_from_row).collect()
         }
 
         async fn delete_expired_states(&self, now: i64) -> StoreResult<u64> {
             Ok(sqlx::query("DELETE FROM oauth_states WHERE expires_at <= $1")
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *self.writer().await?)
                 .await?
                 .rows_affected())
         }
@@ -405,7 +410,7 @@ macro_rules! impl_sql_store {
                 .bind(project_id)
                 .bind(patient_id)
                 .bind(provider)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.reader())
                 .await?
                 .as_ref()
                 .map(connection_from_row)
@@ -415,7 +420,7 @@ macro_rules! impl_sql_store {
         async fn find_connection_by_endpoint(&self, endpoint_id: &str) -> StoreResult<Option<ConnectionRecord>> {
             sqlx::query("SELECT * FROM connections WHERE endpoint_id = $1")
                 .bind(endpoint_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.reader())
                 .await?
                 .as_ref()
                 .map(connection_from_row)
@@ -432,7 +437,7 @@ macro_rules! impl_sql_store {
                 .bind(project_id)
                 .bind(provider)
                 .bind(remote_user_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.reader())
                 .await?
                 .as_ref()
                 .map(connection_from_row)
@@ -452,74 +457,97 @@ macro_rules! impl_sql_store {
             .bind(project_id)
             .bind(&filter.patient_id)
             .bind(&filter.provider)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
             rows.iter().map(connection_from_row).collect()
         }
 
-        async fn save_connection(&self, c: &ConnectionRecord, endpoint: Value) -> StoreResult<StoredResource> {
-            let mut tx = $begin_write(&self.pool).await?;
-            let existing: Option<(String, i64)> = sqlx::query_as(concat!(
-                "SELECT c.endpoint_id, r.version_id FROM connections c
-                 JOIN fhir_resources r ON r.resource_type = 'Endpoint' AND r.id = c.endpoint_id
-                 WHERE c.project_id = $1 AND c.patient_id = $2 AND c.provider = $3",
-                $lock_rows
-            ))
-            .bind(&c.project_id)
-            .bind(&c.patient_id)
-            .bind(&c.provider)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let version_id = match &existing {
-                Some((id, _)) if id != &c.endpoint_id => return Err(StoreError::Conflict),
-                Some((_, version)) => version + 1,
-                None => 1,
-            };
-            let body = with_meta(endpoint, &c.endpoint_id, version_id, c.updated_at);
-            sqlx::query(
+        async fn save_connections(&self, items: &[(ConnectionRecord, Value)]) -> StoreResult<Vec<StoredResource>> {
+            let ids: std::collections::HashSet<&str> = items.iter().map(|(c, _)| c.endpoint_id.as_str()).collect();
+            if ids.len() != items.len() {
+                return Err(StoreError::Conflict);
+            }
+            if items.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
+            // The Endpoints that exist, locked in one order so that two instances cannot deadlock.
+            let sql = format!(
+                concat!(
+                    "SELECT id, version_id FROM fhir_resources WHERE resource_type = 'Endpoint' AND id IN {} ORDER BY id",
+                    $lock_rows
+                ),
+                $crate::store::sql::parameter_list(items.len()),
+            );
+            let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+            for (c, _) in items {
+                query = query.bind(&c.endpoint_id);
+            }
+            let versions: std::collections::HashMap<String, i64> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+            let saved: Vec<StoredResource> = items
+                .iter()
+                .map(|(c, endpoint)| {
+                    let version_id = versions.get(&c.endpoint_id).map_or(1, |v| v + 1);
+                    let body = with_meta(endpoint.clone(), &c.endpoint_id, version_id, c.updated_at);
+                    StoredResource { id: c.endpoint_id.clone(), version_id, last_updated: c.updated_at, body }
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO fhir_resources (resource_type, id, project_id, patient_id, version_id, last_updated, content)
-                 VALUES ('Endpoint', $1, $2, $3, $4, $5, $6)
+                 VALUES {}
                  ON CONFLICT (resource_type, id) DO UPDATE
                  SET version_id = excluded.version_id, last_updated = excluded.last_updated, content = excluded.content",
-            )
-            .bind(&c.endpoint_id)
-            .bind(&c.project_id)
-            .bind(&c.patient_id)
-            .bind(version_id)
-            .bind(c.updated_at)
-            .bind(body.to_string())
-            .execute(&mut *tx)
-            .await?;
-            // A (re)connect starts the lifecycle afresh: no failures, no lease, no pending error.
-            sqlx::query(
+                $crate::store::sql::value_rows(items.len(), 6, |p| format!("('Endpoint', {})", p.join(", "))),
+            );
+            let mut query = sqlx::query(&sql);
+            for ((c, _), stored) in items.iter().zip(&saved) {
+                query = query
+                    .bind(&c.endpoint_id)
+                    .bind(&c.project_id)
+                    .bind(&c.patient_id)
+                    .bind(stored.version_id)
+                    .bind(c.updated_at)
+                    .bind(stored.body.to_string());
+            }
+            query.execute(&mut *tx).await?;
+            // A (re)connect starts the lifecycle afresh: no failures, no lease, no pending error. A
+            // connection of the same patient under another Endpoint fails the unique key (Conflict).
+            let sql = format!(
                 "INSERT INTO connections (endpoint_id, project_id, patient_id, provider, remote_user_id, scopes, status,
                      token_key_id, token_ciphertext, has_refresh_token, expires_at, connected_at, updated_at,
                      last_refreshed_at, last_error, refresh_failures, next_attempt_at, lease_owner, lease_until)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, 0, NULL, NULL, NULL)
+                 VALUES {}
                  ON CONFLICT (endpoint_id) DO UPDATE SET remote_user_id = excluded.remote_user_id,
                      scopes = excluded.scopes, status = excluded.status, token_key_id = excluded.token_key_id,
                      token_ciphertext = excluded.token_ciphertext, has_refresh_token = excluded.has_refresh_token,
                      expires_at = excluded.expires_at, connected_at = excluded.connected_at,
                      updated_at = excluded.updated_at, last_refreshed_at = NULL, last_error = NULL,
                      refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL",
-            )
-            .bind(&c.endpoint_id)
-            .bind(&c.project_id)
-            .bind(&c.patient_id)
-            .bind(&c.provider)
-            .bind(&c.remote_user_id)
-            .bind(serde_json::to_string(&c.scopes).expect("strings serialize"))
-            .bind(&c.status)
-            .bind(c.tokens.as_ref().map(|t| t.key_id.clone()))
-            .bind(c.tokens.as_ref().map(|t| t.blob.clone()))
-            .bind(i64::from(c.has_refresh_token))
-            .bind(c.expires_at)
-            .bind(c.connected_at)
-            .bind(c.updated_at)
-            .execute(&mut *tx)
-            .await?;
+                $crate::store::sql::value_rows(items.len(), 13, |p| {
+                    format!("({}, NULL, NULL, 0, NULL, NULL, NULL)", p.join(", "))
+                }),
+            );
+            let mut query = sqlx::query(&sql);
+            for (c, _) in items {
+                query = query
+                    .bind(&c.endpoint_id)
+                    .bind(&c.project_id)
+                    .bind(&c.patient_id)
+                    .bind(&c.provider)
+                    .bind(&c.remote_user_id)
+                    .bind(serde_json::to_string(&c.scopes).expect("strings serialize"))
+                    .bind(&c.status)
+                    .bind(c.tokens.as_ref().map(|t| t.key_id.clone()))
+                    .bind(c.tokens.as_ref().map(|t| t.blob.clone()))
+                    .bind(i64::from(c.has_refresh_token))
+                    .bind(c.expires_at)
+                    .bind(c.connected_at)
+                    .bind(c.updated_at);
+            }
+            query.execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok(StoredResource { id: c.endpoint_id.clone(), version_id, last_updated: c.updated_at, body })
+            Ok(saved)
         }
 
         async fn claim_due_refreshes(&self, lease: &Lease, due_before: i64, limit: i64) -> StoreResult<Vec<String>> {
@@ -541,7 +569,7 @@ macro_rules! impl_sql_store {
             .bind(due_before)
             .bind(lease.now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.writer().await?)
             .await?;
             Ok(rows.into_iter().map(|(id,)| id).collect())
         }
@@ -555,7 +583,7 @@ macro_rules! impl_sql_store {
             .bind(lease.until)
             .bind(endpoint_id)
             .bind(lease.now)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?
             .rows_affected();
             Ok(claimed == 1)
@@ -567,7 +595,7 @@ macro_rules! impl_sql_store {
             )
             .bind(endpoint_id)
             .bind(&lease.owner)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -579,7 +607,8 @@ macro_rules! impl_sql_store {
             endpoint: Value,
         ) -> StoreResult<Option<StoredResource>> {
             let tokens = c.tokens.as_ref().ok_or_else(|| StoreError::Corrupt("refresh without tokens".into()))?;
-            let mut tx = $begin_write(&self.pool).await?;
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
             let updated = sqlx::query(
                 "UPDATE connections SET token_key_id = $1, token_ciphertext = $2, has_refresh_token = $3,
                      expires_at = $4, updated_at = $5, last_refreshed_at = $5, last_error = NULL,
@@ -623,7 +652,7 @@ macro_rules! impl_sql_store {
             .bind(error)
             .bind(endpoint_id)
             .bind(&lease.owner)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -638,7 +667,8 @@ macro_rules! impl_sql_store {
             revocation: Option<&PendingRevocation>,
         ) -> StoreResult<bool> {
             let now = $crate::time::now_ms();
-            let mut tx = $begin_write(&self.pool).await?;
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
             let changed = sqlx::query(
                 "UPDATE connections SET status = $1, last_error = COALESCE($2, last_error), updated_at = $3,
                      token_key_id = CASE WHEN $4 = 1 THEN NULL ELSE token_key_id END,
@@ -696,13 +726,13 @@ macro_rules! impl_sql_store {
             .bind(lease.until)
             .bind(lease.now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.writer().await?)
             .await?;
             rows.iter().map(revocation_from_row).collect()
         }
 
         async fn complete_revocation(&self, id: &str) -> StoreResult<()> {
-            sqlx::query("DELETE FROM pending_revocations WHERE id = $1").bind(id).execute(&self.pool).await?;
+            sqlx::query("DELETE FROM pending_revocations WHERE id = $1").bind(id).execute(&mut *self.writer().await?).await?;
             Ok(())
         }
 
@@ -712,7 +742,7 @@ macro_rules! impl_sql_store {
                 .bind(next_attempt_at)
                 .bind(error)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *self.writer().await?)
                 .await?;
             Ok(())
         }
@@ -720,7 +750,7 @@ macro_rules! impl_sql_store {
         async fn count_pending_revocations(&self, project_id: &str) -> StoreResult<i64> {
             let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pending_revocations WHERE project_id = $1")
                 .bind(project_id)
-                .fetch_one(&self.pool)
+                .fetch_one(self.reader())
                 .await?;
             Ok(n)
         }
@@ -735,7 +765,7 @@ macro_rules! impl_sql_store {
             .bind(&e.action)
             .bind(&e.endpoint_id)
             .bind(e.at)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -743,7 +773,7 @@ macro_rules! impl_sql_store {
         async fn list_audit(&self, project_id: &str) -> StoreResult<Vec<AuditEntry>> {
             let rows = sqlx::query("SELECT * FROM audit_log WHERE project_id = $1 ORDER BY at, id")
                 .bind(project_id)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await?;
             rows.iter()
                 .map(|row| {
@@ -785,7 +815,7 @@ macro_rules! impl_sql_store {
             .bind(&e.last_error)
             .bind(e.received_at)
             .bind(e.processed_at)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?
             .rows_affected();
             Ok(inserted == 1)
@@ -803,7 +833,7 @@ macro_rules! impl_sql_store {
             .bind(lease.until)
             .bind(lease.now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.writer().await?)
             .await?;
             rows.iter().map(event_from_row).collect()
         }
@@ -813,7 +843,7 @@ macro_rules! impl_sql_store {
                 .bind(state)
                 .bind(processed_at)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *self.writer().await?)
                 .await?;
             Ok(())
         }
@@ -836,7 +866,7 @@ macro_rules! impl_sql_store {
             .bind(error)
             .bind(i64::from(dead))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
         }
@@ -850,7 +880,7 @@ macro_rules! impl_sql_store {
             .bind(project_id)
             .bind(&filter.patient_id)
             .bind(&filter.state)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?;
             rows.iter().map(event_from_row).collect()
         }
@@ -860,7 +890,7 @@ macro_rules! impl_sql_store {
                 "SELECT state, COUNT(*) FROM webhook_events WHERE project_id = $1 GROUP BY state ORDER BY state",
             )
             .bind(project_id)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await?)
         }
 
@@ -873,7 +903,7 @@ macro_rules! impl_sql_store {
             .bind(now)
             .bind(project_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.writer().await?)
             .await?
             .rows_affected();
             Ok(replayed == 1)
@@ -883,3 +913,17 @@ macro_rules! impl_sql_store {
 }
 
 pub(crate) use impl_sql_store;
+
+/// `($1, $2, …, $n)`, for `IN`.
+pub(super) fn parameter_list(n: usize) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!("({})", params.join(", "))
+}
+
+/// `rows` rows of `width` numbered parameters each, every row written by `row` from its
+/// parameters: with `|p| format!("({})", p.join(", "))`, `($1, $2), ($3, $4)`.
+pub(super) fn value_rows(rows: usize, width: usize, row: fn(&[String]) -> String) -> String {
+    let rows: Vec<String> =
+        (0..rows).map(|r| row(&(1..=width).map(|i| format!("${}", r * width + i)).collect::<Vec<_>>())).collect();
+    rows.join(", ")
+}

@@ -1,22 +1,30 @@
 //! The embedded default: SQLite in WAL mode through sqlx.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::impl_sql_store;
 use super::*;
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// The one connection that writes. SQLite admits one writer at a time anyway; waiting here is a
+    /// FIFO queue in the process, where several writing connections would sleep and retry in
+    /// SQLite's busy handler, and a pool would ping the connection after every use.
+    writer: Mutex<SqliteConnection>,
+    /// Read-only connections: in WAL mode readers run beside the writer and see every commit.
+    readers: SqlitePool,
+    acquire_timeout: Duration,
     _checkpointer: AbortOnDrop,
 }
 
 /// How often the WAL is checkpointed off the request path.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL frames (pages) past which the checkpoint waits for the writer so the WAL starts over.
 const WAL_FRAMES_MAX: i64 = 10_000;
 
@@ -37,24 +45,43 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(5))
+            .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
-        // Migrations run on a connection of their own (no pool timeout applies while they do),
-        // which then checkpoints the WAL in the background.
+        // Migrations run on a connection of their own (no timeout applies while they do), which
+        // then checkpoints the WAL in the background.
         let mut own = SqliteConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut own).await.map_err(|e| StoreError::Database(e.to_string()))?;
         let checkpointer = tokio::spawn(checkpoint_in_background(own)).abort_handle();
+        // Checkpoints are the background task's; see `checkpoint_in_background`.
+        let options = options.pragma("wal_autocheckpoint", "0");
+        let writer = SqliteConnection::connect_with(&options).await?;
         // A file on this machine does not go away like a server: no ping before each use.
-        let pool = SqlitePoolOptions::new()
+        let readers = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
-            // Checkpoints are the background task's; see `checkpoint_in_background`.
-            .connect_lazy_with(options.pragma("wal_autocheckpoint", "0"));
-        Ok(Self { pool, _checkpointer: AbortOnDrop(checkpointer) })
+            .connect_lazy_with(options.read_only(true));
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+            acquire_timeout: pool.acquire_timeout,
+            _checkpointer: AbortOnDrop(checkpointer),
+        })
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    /// Waits (in arrival order) for the writing connection, at most the acquire timeout. A
+    /// transaction dropped half-way queues its rollback on the connection before the next use.
+    async fn writer(&self) -> StoreResult<MutexGuard<'_, SqliteConnection>> {
+        tokio::time::timeout(self.acquire_timeout, self.writer.lock())
+            .await
+            .map_err(|_| StoreError::Unavailable("timed out waiting for the database writer".into()))
     }
 }
 
@@ -84,14 +111,16 @@ async fn checkpoint_in_background(mut connection: SqliteConnection) {
 
 /// IMMEDIATE takes the write lock up front: a deferred read-then-write transaction could deadlock
 /// against another writer instead of waiting on the busy timeout.
-async fn begin_immediate(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+async fn begin_immediate(
+    connection: &mut SqliteConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>, sqlx::Error> {
+    connection.begin_with("BEGIN IMMEDIATE").await
 }
 
 #[async_trait]
 impl Readiness for SqliteStore {
     async fn ready(&self) -> StoreResult<()> {
-        migrations_applied(&self.pool, &MIGRATOR).await
+        migrations_applied(&self.readers, &MIGRATOR).await
     }
 }
 
