@@ -134,9 +134,20 @@ impl Keyring {
 
 /// `bytes` random bytes from the OS CSPRNG, base64url without padding.
 pub fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    OsRng.fill_bytes(&mut buf);
+    prefixed_random_token(&[], bytes)
+}
+
+/// `prefix`, then `bytes` random bytes from the OS CSPRNG, base64url without padding.
+pub fn prefixed_random_token(prefix: &[u8], bytes: usize) -> String {
+    let mut buf = vec![0u8; prefix.len() + bytes];
+    buf[..prefix.len()].copy_from_slice(prefix);
+    OsRng.fill_bytes(&mut buf[prefix.len()..]);
     URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The bytes of a `random_token`, when `token` is one.
+pub fn token_bytes(token: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(token).ok()
 }
 
 /// Hex SHA-256. Used for high-entropy values only (API tokens, states), where a slow hash adds nothing.

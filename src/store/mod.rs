@@ -107,9 +107,10 @@ pub struct StoredResource {
     pub body: Value,
 }
 
-/// What a connect call leaves behind, found again by the hash of its `state`.
+/// What a connect call leaves behind, found again by its `state`'s key.
 #[derive(Clone, Debug)]
 pub struct OAuthStateRecord {
+    /// The state's creation time, then its SHA-256 (`connect::new_state`); never the state.
     pub state_hash: String,
     pub project_id: String,
     pub patient_id: String,
