@@ -58,6 +58,15 @@ async fn write_batches<I: Send + 'static, O: Send + 'static>(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Let the tasks that are ready to run first: under load they are callers about to queue,
+        // and a bigger batch means fewer commits. Idle, nothing else is ready and this returns at once.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
         let (items, answers): (Vec<I>, Vec<Answer<O>>) = batch.drain(..).unzip();
         // A panicking write must not stop the writer: its callers get an error, later ones a fresh try.
         let results = match tokio::spawn(write(Arc::clone(&store), items)).await {
