@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::{ConnectionRecord, OAuthStateRecord, Store, StoreError, StoreResult, StoredResource};
 
@@ -56,9 +56,16 @@ async fn write_batches<I: Send + 'static, O: Send + 'static>(
     write: WriteBatch<I, O>,
     mut jobs: mpsc::UnboundedReceiver<(I, Answer<O>)>,
 ) {
+    // While as many batches as the backend writes at once are in flight, callers queue: the next
+    // batch is taken only when one of them is done.
+    let in_flight = Arc::new(Semaphore::new(store.parallel_writes()));
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Let the tasks that are ready to run first: under load they are callers about to queue,
+    loop {
+        let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        // Let the tasks that are ready run first: under load they are callers about to queue,
         // and a bigger batch means fewer commits. Idle, nothing else is ready and this returns at once.
         tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
@@ -68,14 +75,20 @@ async fn write_batches<I: Send + 'static, O: Send + 'static>(
             }
         }
         let (items, answers): (Vec<I>, Vec<Answer<O>>) = batch.drain(..).unzip();
-        // A panicking write must not stop the writer: its callers get an error, later ones a fresh try.
-        let results = match tokio::spawn(write(Arc::clone(&store), items)).await {
-            Ok(results) => results,
-            Err(e) => answers.iter().map(|_| Err(StoreError::Database(format!("batch write failed: {e}")))).collect(),
-        };
-        for (answer, result) in answers.into_iter().zip(results) {
-            let _ = answer.send(result); // the caller may have gone away
-        }
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            // A panicking write must not stop the writer: its callers get an error, later ones a fresh try.
+            let results = match tokio::spawn(write(store, items)).await {
+                Ok(results) => results,
+                Err(e) => {
+                    answers.iter().map(|_| Err(StoreError::Database(format!("batch write failed: {e}")))).collect()
+                }
+            };
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result); // the caller may have gone away
+            }
+            drop(slot);
+        });
     }
 }
 

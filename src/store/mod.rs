@@ -367,14 +367,17 @@ pub trait WebhookStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Readiness: Send + Sync {
+pub trait Backend: Send + Sync {
     /// The database answers and every migration this build knows is applied.
     async fn ready(&self) -> StoreResult<()>;
+    /// How many write transactions are worth running at once (`crate::batch` keeps that many
+    /// batches in flight): SQLite writes one at a time; a server overlaps their commits.
+    fn parallel_writes(&self) -> usize;
 }
 
 /// Everything the service stores, as one object (`Arc<dyn Store>`).
-pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Readiness {}
-impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Readiness> Store for T {}
+pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Backend {}
+impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Backend> Store for T {}
 
 /// Readiness check shared by the SQL backends: the newest migration of this build is recorded.
 async fn migrations_applied<'e, E>(executor: E, migrator: &sqlx::migrate::Migrator) -> StoreResult<()>

@@ -46,9 +46,16 @@ async fn begin(connection: &mut PgConnection) -> Result<sqlx::Transaction<'_, Po
 }
 
 #[async_trait]
-impl Readiness for PostgresStore {
+impl Backend for PostgresStore {
     async fn ready(&self) -> StoreResult<()> {
         migrations_applied(&self.pool, &MIGRATOR).await
+    }
+
+    /// Two: while one batch waits for its commit's WAL flush, the next one is written. Measured
+    /// (bench/run.sh, 2 cores): connect 7,700/s with one, 10,300/s with two, 8,100/s with five
+    /// (half the pool) and a longer tail, the cores then busy with more backends.
+    fn parallel_writes(&self) -> usize {
+        2
     }
 }
 

@@ -125,9 +125,13 @@ async fn begin_immediate(
 }
 
 #[async_trait]
-impl Readiness for SqliteStore {
+impl Backend for SqliteStore {
     async fn ready(&self) -> StoreResult<()> {
         migrations_applied(&self.readers, &MIGRATOR).await
+    }
+
+    fn parallel_writes(&self) -> usize {
+        1
     }
 }
 
