@@ -112,6 +112,7 @@ async fn an_operator_creates_a_project_serves_it_and_no_secret_reaches_the_log()
     .await
     .unwrap();
     assert!(output.contains("/v1/wearables/strava/callback"), "the log has the requests: {output}");
+    assert!(!output.contains('\u{1b}'), "no terminal colour codes in a log that is not a terminal");
     let master_key = std::fs::read_to_string(&key).unwrap();
     let mut secrets = vec![
         admin.clone(),
