@@ -24,6 +24,7 @@
 #   BENCH_RUST_LOG     the service default (info: one line per request, to a file)
 #   BENCH_OUT          bench/results       where the result files go
 #   BENCH_LABEL        unset               a note added to the commit in the results (e.g. "before")
+#   BENCH_DATA_DIR     a temporary folder  where the SQLite database lives (e.g. /dev/shm: no disk I/O)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -143,7 +144,7 @@ callback() {
 }
 
 for backend in $BACKENDS; do
-  data="$WORK/$backend"
+  data="${BENCH_DATA_DIR:-$WORK}/$backend-$$"
   mkdir -p "$data"
   case $backend in
     sqlite) db_url="sqlite://$data/wearlink.db" ;;
@@ -180,6 +181,7 @@ for backend in $BACKENDS; do
   stop "$SERVER_PID"
   SERVER_PID=""
   drop_pg_db
+  rm -rf "$data"
 done
 
 stamp=$(date -u +%Y%m%d-%H%M%S)
