@@ -36,6 +36,8 @@ pub struct Config {
     pub provider_urls: HashMap<String, ProviderUrls>,
     /// Timeout of every outbound call to a provider.
     pub provider_timeout: Duration,
+    /// Longest a request may take before it is answered 503 `timeout`.
+    pub request_timeout: Duration,
     /// How long a connect `state` stays valid.
     pub state_ttl: Duration,
     /// How long API tokens, settings and secrets may be served from memory (0: not cached).
@@ -60,6 +62,7 @@ impl Config {
             previous_master_keys: Vec::new(),
             provider_urls: HashMap::new(),
             provider_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             state_ttl: Duration::from_secs(600),
             cache_ttl: crate::cache::DEFAULT_TTL,
             log_json: false,
@@ -91,6 +94,7 @@ impl Config {
             .map(|v| v.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
             .unwrap_or_default();
         config.provider_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_PROVIDER_TIMEOUT_MS", "10000")?);
+        config.request_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_REQUEST_TIMEOUT_MS", "30000")?);
         config.state_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_STATE_TTL_SECS", "600")?);
         config.cache_ttl = Duration::from_millis(parse_var(&var, "WEARLINK_CACHE_TTL_MS", "2000")?);
         config.refresh.window = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_WINDOW_SECS", "1800")?);

@@ -4,6 +4,7 @@ mod support;
 
 on_both_backends!(
     connect_answers_each_error_of_the_contract,
+    a_request_past_the_time_limit_gets_a_timeout_problem,
     redirect_uris_must_be_safe_and_allowed,
     settings_toggle_providers_and_refuse_what_they_do_not_know,
     secrets_are_write_only_admin_only_and_encrypted,
@@ -16,7 +17,8 @@ on_both_backends!(
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{problem_code, Backend, TestApp};
+use support::stand_in::TokenMode;
+use support::{problem_code, Backend, Options, TestApp};
 
 async fn connect_answers_each_error_of_the_contract(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -393,4 +395,20 @@ async fn the_openapi_document_describes_every_route(backend: Backend) {
         assert!(required.contains(&field));
     }
     assert!(schemas.contains_key("Problem"));
+}
+
+async fn a_request_past_the_time_limit_gets_a_timeout_problem(backend: Backend) {
+    let limit = std::time::Duration::from_millis(300);
+    let options = Options { request_timeout: limit, provider_timeout: limit * 10, ..Options::default() };
+    let app = TestApp::spawn_with(backend, options).await;
+    app.configure("strava").await;
+    let patient = app.create_patient().await;
+    // Strava takes longer to answer the code exchange than we give a request.
+    app.stand_in.set_token_mode(TokenMode::Slow(limit * 5));
+    let started = std::time::Instant::now();
+    let (status, _, body) = app.connect_and_approve("strava", json!({"patientId": patient})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(problem_code(&body, status), "timeout");
+    assert!(started.elapsed() < limit * 5, "answered at the limit, not when Strava answered");
+    assert_eq!(app.endpoints_of(&patient).await["total"], 0);
 }

@@ -36,6 +36,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    #[error("the request took longer than {0:?}; retry shortly")]
+    Timeout(std::time::Duration),
     /// A connect callback that failed after a valid state, with no redirectUri to report it to.
     #[error("the connection failed: {}", .0.code())]
     Callback(Failure),
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (S::BAD_REQUEST, "bad_request", detail),
             ApiError::RouteNotFound => (S::NOT_FOUND, "not_found", detail),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", detail),
+            ApiError::Timeout(_) => (S::SERVICE_UNAVAILABLE, "timeout", detail),
             ApiError::Callback(failure) => {
                 let status = match failure {
                     Failure::AccessDenied | Failure::ProviderError | Failure::InvalidRequest => S::BAD_REQUEST,

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, Request};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -106,12 +106,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(services: Arc<Services>) -> Router {
     let (router, openapi) = routes();
     let openapi = Arc::new(openapi);
+    let request_timeout = services.config.request_timeout;
     router
         .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
+        .layer(axum::middleware::from_fn(move |request, next| time_limit(request, next, request_timeout)))
         .layer(
             // Spans carry the path only: queries hold OAuth codes and states.
             TraceLayer::new_for_http()
@@ -122,4 +123,13 @@ pub fn router(services: Arc<Services>) -> Router {
         )
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
         .with_state(services)
+}
+
+/// Answers 503 `timeout` (problem+json, like every error) when a request takes longer than `limit`;
+/// the request's work is dropped (a batched write it joined still completes for the others).
+async fn time_limit(request: axum::extract::Request, next: axum::middleware::Next, limit: Duration) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::Timeout(limit).into_response(),
+    }
 }

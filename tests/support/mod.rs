@@ -151,6 +151,8 @@ pub struct Options {
     pub acquire_timeout: Duration,
     /// How long tokens, settings and secrets may be served from memory.
     pub cache_ttl: Duration,
+    /// How long a request may take before its 503 `timeout`.
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -161,6 +163,7 @@ impl Default for Options {
             database_via: None,
             acquire_timeout: Duration::from_secs(2),
             cache_ttl: wearlink::cache::DEFAULT_TTL,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -236,6 +239,7 @@ impl TestApp {
         config.state_ttl = options.state_ttl;
         config.provider_timeout = options.provider_timeout;
         config.cache_ttl = options.cache_ttl;
+        config.request_timeout = options.request_timeout;
         config.pool.acquire_timeout = options.acquire_timeout;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         config.base_url = wearlink::config::base_url_for(listener.local_addr().unwrap());
