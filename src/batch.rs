@@ -42,13 +42,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             queue
         });
         let (answer, answered) = oneshot::channel();
-        queue.send((item, answer)).map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        queue.send((item, answer)).map_err(|_| unanswered())?;
+        answered.await.map_err(|_| unanswered())?
     }
 }
 
-fn stopped() -> StoreError {
-    StoreError::Unavailable("batch writer stopped".into())
+fn unanswered() -> StoreError {
+    StoreError::Unavailable("the batch writer did not answer".into())
 }
 
 async fn write_batches<I: Send + 'static, O: Send + 'static>(
@@ -76,14 +76,10 @@ async fn write_batches<I: Send + 'static, O: Send + 'static>(
         }
         let (items, answers): (Vec<I>, Vec<Answer<O>>) = batch.drain(..).unzip();
         let store = Arc::clone(&store);
+        // A task of its own: a write that panics ends only this task; its callers see their answers
+        // dropped (`unanswered`) and the slot comes back for the next batch.
         tokio::spawn(async move {
-            // A panicking write must not stop the writer: its callers get an error, later ones a fresh try.
-            let results = match tokio::spawn(write(store, items)).await {
-                Ok(results) => results,
-                Err(e) => {
-                    answers.iter().map(|_| Err(StoreError::Database(format!("batch write failed: {e}")))).collect()
-                }
-            };
+            let results = write(store, items).await;
             for (answer, result) in answers.into_iter().zip(results) {
                 let _ = answer.send(result); // the caller may have gone away
             }
@@ -93,7 +89,7 @@ async fn write_batches<I: Send + 'static, O: Send + 'static>(
 }
 
 /// One store error, answered to every caller of a failed batch.
-fn for_each<O>(n: usize, e: &StoreError) -> Vec<StoreResult<O>> {
+fn all_failed<O>(n: usize, e: &StoreError) -> Vec<StoreResult<O>> {
     (0..n).map(|_| Err(e.clone())).collect()
 }
 
@@ -123,7 +119,7 @@ async fn insert_states(store: Arc<dyn Store>, states: Vec<OAuthStateRecord>) -> 
             let written: HashSet<String> = written.into_iter().collect();
             states.iter().map(|s| Ok(written.contains(&s.state_hash))).collect()
         }
-        Err(e) => for_each(states.len(), &e),
+        Err(e) => all_failed(states.len(), &e),
     }
 }
 
@@ -135,7 +131,7 @@ async fn take_states(store: Arc<dyn Store>, hashes: Vec<String>) -> Vec<StoreRes
             // `remove`: when one state comes twice in a batch, only the first caller gets it.
             hashes.iter().map(|h| Ok(taken.remove(h))).collect()
         }
-        Err(e) => for_each(hashes.len(), &e),
+        Err(e) => all_failed(hashes.len(), &e),
     }
 }
 

@@ -495,22 +495,16 @@ async fn refresh_if_expiring(services: &Services, c: ConnectionRecord) -> Result
 
 /// Runs the refresher and the revoker every `every` until the process ends.
 pub fn spawn_workers(services: &std::sync::Arc<Services>, every: Duration) -> tokio::task::JoinHandle<()> {
-    let services = std::sync::Arc::clone(services);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match refresh_due(&services, now_ms()).await {
-                Ok(r) if r == RefreshReport::default() => {}
-                Ok(r) => {
-                    tracing::info!(refreshed = r.refreshed, deferred = r.deferred, invalid = r.invalid, "refresh pass")
-                }
-                Err(e) => tracing::warn!(error = %e, "refresh pass failed"),
+    services.spawn_every(every, |services| async move {
+        match refresh_due(&services, now_ms()).await {
+            Ok(r) if r == RefreshReport::default() => {}
+            Ok(r) => {
+                tracing::info!(refreshed = r.refreshed, deferred = r.deferred, invalid = r.invalid, "refresh pass")
             }
-            if let Err(e) = revoke_due(&services, now_ms()).await {
-                tracing::warn!(error = %e, "revocation pass failed");
-            }
+            Err(e) => tracing::warn!(error = %e, "refresh pass failed"),
+        }
+        if let Err(e) = revoke_due(&services, now_ms()).await {
+            tracing::warn!(error = %e, "revocation pass failed");
         }
     })
 }

@@ -68,18 +68,30 @@ impl Services {
         }))
     }
 
-    /// Deletes expired connect states every `every`, so the table cannot grow without bound.
-    pub fn spawn_state_sweeper(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    /// Runs `pass` every `every` until the process ends; a pass that overruns delays the next.
+    pub fn spawn_every<F, Fut>(self: &Arc<Self>, every: std::time::Duration, pass: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<Services>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let services = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match services.store.delete_expired_states(time::now_ms()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(swept = n, "expired connect states deleted"),
-                    Err(e) => tracing::warn!(error = %e, "sweeping expired connect states failed"),
-                }
+                pass(Arc::clone(&services)).await;
+            }
+        })
+    }
+
+    /// Deletes expired connect states every `every`, so the table cannot grow without bound.
+    pub fn spawn_state_sweeper(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_every(every, |services| async move {
+            match services.store.delete_expired_states(time::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(swept = n, "expired connect states deleted"),
+                Err(e) => tracing::warn!(error = %e, "sweeping expired connect states failed"),
             }
         })
     }

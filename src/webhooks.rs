@@ -276,15 +276,9 @@ pub async fn subscribe(services: &Services, principal: &Principal, slug: &str) -
 
 /// Runs the inbox worker every `every` until the process ends.
 pub fn spawn_worker(services: &std::sync::Arc<Services>, every: Duration) -> tokio::task::JoinHandle<()> {
-    let services = std::sync::Arc::clone(services);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = process_due(&services, now_ms()).await {
-                tracing::warn!(error = %e, "webhook worker pass failed");
-            }
+    services.spawn_every(every, |services| async move {
+        if let Err(e) = process_due(&services, now_ms()).await {
+            tracing::warn!(error = %e, "webhook worker pass failed");
         }
     })
 }

@@ -317,6 +317,29 @@ pub(crate) async fn post_token_form(
     }
 }
 
+/// Sends a provider API call whose success answers JSON. Errors: unreachable, refused (any
+/// status but 2xx), or an answer that is not JSON (`what` names it).
+pub(crate) async fn json_answer(
+    request: reqwest::RequestBuilder,
+    what: &'static str,
+) -> Result<serde_json::Value, ProviderError> {
+    let response = request.send().await.map_err(|_| ProviderError::Unreachable)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProviderError::Refused { status: Some(status.as_u16()), error: None });
+    }
+    response.json().await.map_err(|_| ProviderError::BadAnswer(what))
+}
+
+/// An id as text: providers send ids as JSON numbers or strings.
+pub(crate) fn id_text(value: Option<&serde_json::Value>) -> Option<String> {
+    match value? {
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// The RFC 6749 `error`, or Strava's equivalent: an invalid `RefreshToken` means `invalid_grant`.
 fn oauth_error_code(body: &serde_json::Value) -> Option<String> {
     if let Some(code) = body.get("error").and_then(|e| e.as_str()) {

@@ -192,21 +192,14 @@ pub async fn create_webhook(
     credentials: &ClientCredentials,
     url: &str,
 ) -> Result<(String, String), ProviderError> {
-    let response = http
+    let request = http
         .post(urls.api_url("webhooks"))
         .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
         .header(reqwest::header::ACCEPT, "application/json")
-        .json(&serde_json::json!({ "events": WEBHOOK_EVENTS, "url": url }))
-        .send()
-        .await
-        .map_err(|_| ProviderError::Unreachable)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(ProviderError::Refused { status: Some(status.as_u16()), error: None });
-    }
-    let body: serde_json::Value = response.json().await.map_err(|_| ProviderError::BadAnswer("webhook answer"))?;
+        .json(&serde_json::json!({ "events": WEBHOOK_EVENTS, "url": url }));
+    let body = super::json_answer(request, "webhook answer").await?;
     let data = body.get("data").unwrap_or(&body);
-    let id = data.get("id").and_then(|v| v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string())));
+    let id = super::id_text(data.get("id"));
     let key = data.get("signature_secret_key").and_then(|v| v.as_str()).map(String::from);
     match (id, key) {
         (Some(id), Some(key)) => Ok((id, key)),

@@ -191,25 +191,12 @@ pub async fn create_push_subscription(
     callback_url: &str,
     verify_token: &str,
 ) -> Result<String, ProviderError> {
-    let response = http
-        .post(urls.api_url("push_subscriptions"))
-        .form(&[
-            ("client_id", credentials.client_id.as_str()),
-            ("client_secret", credentials.client_secret.expose_secret()),
-            ("callback_url", callback_url),
-            ("verify_token", verify_token),
-        ])
-        .send()
-        .await
-        .map_err(|_| ProviderError::Unreachable)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(ProviderError::Refused { status: Some(status.as_u16()), error: None });
-    }
-    let body: serde_json::Value = response.json().await.map_err(|_| ProviderError::BadAnswer("subscription answer"))?;
-    match body.get("id") {
-        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-        Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        _ => Err(ProviderError::BadAnswer("subscription answer without id")),
-    }
+    let request = http.post(urls.api_url("push_subscriptions")).form(&[
+        ("client_id", credentials.client_id.as_str()),
+        ("client_secret", credentials.client_secret.expose_secret()),
+        ("callback_url", callback_url),
+        ("verify_token", verify_token),
+    ]);
+    let body = super::json_answer(request, "subscription answer").await?;
+    super::id_text(body.get("id")).ok_or(ProviderError::BadAnswer("subscription answer without id"))
 }

@@ -343,12 +343,6 @@ macro_rules! impl_sql_store {
             if states.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows: Vec<String> = (0..states.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=7).map(|j| format!("${}", i * 7 + j)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
             let sql = format!(
                 "WITH v (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at) AS
                      (VALUES {})
@@ -357,7 +351,7 @@ macro_rules! impl_sql_store {
                  WHERE EXISTS (SELECT 1 FROM fhir_resources r
                                WHERE r.resource_type = 'Patient' AND r.id = v.patient_id AND r.project_id = v.project_id)
                  RETURNING state_hash",
-                rows.join(", ")
+                $crate::store::sql::value_rows(states.len(), 7, |p| format!("({})", p.join(", "))),
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for state in states {
