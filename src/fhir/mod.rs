@@ -6,8 +6,10 @@ use serde_json::{json, Value};
 
 use crate::store::StoredResource;
 
+pub mod draft;
 mod resources;
 
+pub use draft::{MapContext, ResourceDraft};
 pub use resources::{create_patient, endpoints_of, read};
 
 /// Base of our code systems, identifier systems and extension URLs.
