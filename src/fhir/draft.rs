@@ -73,3 +73,8 @@ pub fn derived_id(project_id: &str, resource_type: &str, system: &str, value: &s
 pub fn ext_source_endpoint() -> String {
     format!("{BASE}/StructureDefinition/source-endpoint")
 }
+
+/// Why a provider's payload could not become FHIR (kept with the event or job, never a panic).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot map the provider's data: {0}")]
+pub struct MapError(pub String);

@@ -9,7 +9,7 @@ use crate::store::StoredResource;
 pub mod draft;
 mod resources;
 
-pub use draft::{MapContext, ResourceDraft};
+pub use draft::{MapContext, MapError, ResourceDraft};
 pub use resources::{create_patient, endpoints_of, read};
 
 /// Base of our code systems, identifier systems and extension URLs.
