@@ -47,6 +47,8 @@ pub struct Config {
     pub refresh: RefreshPolicy,
     /// How often each instance looks for tokens to refresh and revocations to retry.
     pub refresh_interval: Duration,
+    /// Leases, concurrency, reconciliation and rate-limit share of data sync.
+    pub sync: crate::sync::SyncPolicy,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             log_json: false,
             refresh: RefreshPolicy::default(),
             refresh_interval: Duration::from_secs(60),
+            sync: crate::sync::SyncPolicy::default(),
         }
     }
 
@@ -101,6 +104,19 @@ impl Config {
         config.refresh.lease = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_LEASE_SECS", "120")?);
         config.refresh.concurrency = parse_var(&var, "WEARLINK_REFRESH_CONCURRENCY", "16")?;
         config.refresh_interval = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_INTERVAL_SECS", "60")?);
+        config.sync.lease = Duration::from_secs(parse_var(&var, "WEARLINK_SYNC_LEASE_SECS", "120")?);
+        config.sync.concurrency = parse_var(&var, "WEARLINK_SYNC_CONCURRENCY", "8")?;
+        config.sync.reconcile_every =
+            Duration::from_secs(parse_var(&var, "WEARLINK_SYNC_RECONCILE_INTERVAL_SECS", "21600")?);
+        config.sync.reconcile_window =
+            Duration::from_secs(parse_var(&var, "WEARLINK_SYNC_RECONCILE_WINDOW_SECS", "172800")?);
+        config.sync.background_share_percent = parse_var(&var, "WEARLINK_SYNC_BACKGROUND_SHARE_PERCENT", "90")?;
+        if !(1..=100).contains(&config.sync.background_share_percent) {
+            return Err(ConfigError::Invalid {
+                name: "WEARLINK_SYNC_BACKGROUND_SHARE_PERCENT".into(),
+                reason: "must be 1-100".into(),
+            });
+        }
         config.log_json = var("WEARLINK_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
         for slug in crate::providers::SLUGS {
             let upper = slug.to_ascii_uppercase();
@@ -115,6 +131,10 @@ impl Config {
                 if let Some(value) = var(&name) {
                     *field = Some(parse_url(&name, &value)?);
                 }
+            }
+            let window = format!("WEARLINK_PROVIDER_{upper}_RATE_WINDOW_SECS");
+            if var(&window).is_some() {
+                urls.short_rate_window = Some(Duration::from_secs(parse_var(&var, &window, "900")?));
             }
             config.provider_urls.insert(slug.to_string(), urls);
         }

@@ -456,7 +456,7 @@ pub async fn access_token(services: &Services, principal: &Principal, endpoint_i
             at: now_ms(),
         })
         .await?;
-    let c = refresh_if_expiring(services, c).await?;
+    let c = refresh_if_expiring(services, c, TOKEN_MARGIN.as_millis() as i64).await?;
     if c.status != "active" {
         return Err(Error::Conflict(format!("the connection is {}; reconnect the patient", c.status)));
     }
@@ -469,8 +469,8 @@ pub async fn access_token(services: &Services, principal: &Principal, endpoint_i
     })
 }
 
-async fn refresh_if_expiring(services: &Services, c: ConnectionRecord) -> Result<ConnectionRecord> {
-    let margin = TOKEN_MARGIN.as_millis() as i64;
+/// Refreshes the connection first when its token expires within `margin` ms (under the lease).
+async fn refresh_if_expiring(services: &Services, c: ConnectionRecord, margin: i64) -> Result<ConnectionRecord> {
     let expiring = |c: &ConnectionRecord| c.status == "active" && c.expires_at.is_some_and(|e| e <= now_ms() + margin);
     let refreshable = services.providers.get(&c.provider).is_some_and(|p| p.supports_refresh()) && c.has_refresh_token;
     if !expiring(&c) || !refreshable {
@@ -491,6 +491,72 @@ async fn refresh_if_expiring(services: &Services, c: ConnectionRecord) -> Result
         }
     }
     Ok(services.store.find_connection_by_endpoint(&c.endpoint_id).await?.unwrap_or(c))
+}
+
+// ---- tokens for data sync ----
+
+/// The connection and a usable access token for data sync, refreshed first when it expires within
+/// the refresh window; `None` when the connection is gone, not active or holds no tokens.
+pub async fn data_token(services: &Services, endpoint_id: &str) -> Result<Option<(ConnectionRecord, SecretString)>> {
+    let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
+        return Ok(None);
+    };
+    let c = refresh_if_expiring(services, c, services.config.refresh.window.as_millis() as i64).await?;
+    let (true, Some(sealed)) = (c.status == "active", &c.tokens) else {
+        return Ok(None);
+    };
+    let material = TokenMaterial::open(&services.keyring, sealed, &endpoint_owner(&c.project_id, &c.endpoint_id))?;
+    Ok(Some((c, material.access_token)))
+}
+
+/// The provider refused `refused` (401): refreshes once under the lease, unless another worker
+/// already did; answers the new access token, or `None` when there is none to be had.
+pub async fn refresh_refused_token(
+    services: &Services,
+    endpoint_id: &str,
+    refused: &SecretString,
+) -> Result<Option<SecretString>> {
+    let current = |c: &ConnectionRecord| -> Result<Option<SecretString>> {
+        let (true, Some(sealed)) = (c.status == "active", &c.tokens) else {
+            return Ok(None);
+        };
+        let owner = endpoint_owner(&c.project_id, &c.endpoint_id);
+        Ok(Some(TokenMaterial::open(&services.keyring, sealed, &owner)?.access_token))
+    };
+    for _ in 0..50 {
+        let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
+            return Ok(None);
+        };
+        match current(&c)? {
+            None => return Ok(None),
+            Some(token) if token.expose_secret() != refused.expose_secret() => return Ok(Some(token)),
+            Some(_) => {}
+        }
+        let refreshable = services.providers.get(&c.provider).is_some_and(|p| p.supports_refresh());
+        if !refreshable || !c.has_refresh_token {
+            return Ok(None);
+        }
+        let lease = lease(services, now_ms());
+        if services.store.claim_refresh(&lease, endpoint_id).await? {
+            refresh_claimed(services, &lease, endpoint_id, i64::MAX).await?;
+            let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
+                return Ok(None);
+            };
+            return Ok(current(&c)?.filter(|t| t.expose_secret() != refused.expose_secret()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(None)
+}
+
+/// The provider keeps refusing the connection's access: `error`, with a reason the platform can
+/// act on; its queued work is dropped with it.
+pub async fn mark_reconnect_needed(services: &Services, endpoint_id: &str, reason: &str) -> Result<()> {
+    let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
+        return Ok(());
+    };
+    let provider = provider_of(services, &c.provider)?;
+    mark_error(services, provider.as_ref(), &c, reason).await
 }
 
 /// Runs the refresher and the revoker every `every` until the process ends.

@@ -15,6 +15,7 @@ pub mod http;
 pub mod projects;
 pub mod providers;
 pub mod store;
+pub mod sync;
 pub mod time;
 pub mod webhooks;
 
@@ -37,6 +38,9 @@ pub struct Services {
     pub cache: cache::Cache,
     /// The connect → callback path's writes, many callers to one statement or transaction.
     pub writes: batch::Writes,
+    /// Wakes this instance's sync worker (an event was just stored, a resync asked for).
+    pub sync_wake: tokio::sync::Notify,
+    pub sync_counters: sync::SyncCounters,
 }
 
 impl Services {
@@ -62,6 +66,8 @@ impl Services {
             instance_id: uuid::Uuid::new_v4().to_string(),
             cache: cache::Cache::new(config.cache_ttl),
             writes: batch::Writes::new(Arc::clone(&store)),
+            sync_wake: tokio::sync::Notify::new(),
+            sync_counters: sync::SyncCounters::default(),
             keyring,
             store,
             config,

@@ -95,8 +95,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let services = Services::start(config).await?;
     services.spawn_state_sweeper(Duration::from_secs(60));
     wearlink::connections::spawn_workers(&services, services.config.refresh_interval);
-    // Webhook events are acknowledged at once and processed shortly after.
-    wearlink::webhooks::spawn_worker(&services, Duration::from_secs(1));
+    // Webhook events, backfills, resyncs and reconciliation: the sync worker of the job queue.
+    wearlink::sync::spawn_worker(&services);
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(address = %listener.local_addr()?, base_url = %services.config.base_url, "wearlink listening");
     axum::serve(listener, wearlink::http::router(Arc::clone(&services)))

@@ -1,24 +1,19 @@
 //! Inbound provider webhooks: verified, written to a durable deduplicated inbox before they are
-//! acknowledged, then processed by a background worker with retries and a dead-letter state.
+//! acknowledged; each queues a job that the sync stage (`crate::sync`) processes.
 //! No HTTP types.
-
-use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-use crate::connections::endpoint_body;
 use crate::error::{Error, Result};
 use crate::projects::{self, Principal};
 use crate::providers::{PolarEvent, StravaEvent};
-use crate::store::{EventFilter, Lease, WebhookEvent};
+use crate::store::{EventFilter, WebhookEvent};
 use crate::time::now_ms;
 use crate::Services;
 
 /// Where the project's Strava push subscription id is recorded (not a user-facing setting).
 pub const STRAVA_SUBSCRIPTION_SETTING: &str = "STRAVA_PUSH_SUBSCRIPTION_ID";
-/// Failed processing attempts before an event is dead-lettered.
-const MAX_ATTEMPTS: i64 = 8;
 
 /// What a delivery led to.
 #[derive(Debug, PartialEq, Eq)]
@@ -146,72 +141,13 @@ async fn store(
             last_error: None,
             received_at: now,
             processed_at: connection.is_none().then_some(now),
+            synced_refs: None,
         })
         .await?;
+    if new && connection.is_some() {
+        services.sync_wake.notify_one();
+    }
     Ok(Receipt::Stored { new })
-}
-
-/// One pass of the worker at `now`: processes due events until none is left; answers how many.
-pub async fn process_due(services: &Services, now: i64) -> Result<usize> {
-    let lease = Lease {
-        owner: services.instance_id.clone(),
-        now,
-        until: now + services.config.refresh.lease.as_millis() as i64,
-    };
-    let mut processed = 0;
-    loop {
-        let claimed = services.store.claim_due_events(&lease, 200).await?;
-        if claimed.is_empty() {
-            return Ok(processed);
-        }
-        for event in &claimed {
-            match process(services, event).await {
-                Ok(state) => services.store.finish_event(&event.id, state, now_ms()).await?,
-                Err(e) => {
-                    let attempts = event.attempts + 1;
-                    // From the pass's own clock, so this pass does not take it up again.
-                    let next =
-                        lease.now.max(now_ms()) + services.config.refresh.backoff_after(attempts).as_millis() as i64;
-                    let dead = attempts >= MAX_ATTEMPTS;
-                    tracing::warn!(event = %event.id, attempts, dead, error = %e, "webhook event processing failed");
-                    services.store.fail_event(&event.id, attempts, next, &e.to_string(), dead).await?;
-                }
-            }
-            processed += 1;
-        }
-    }
-}
-
-/// Applies one event; answers its final state.
-async fn process(services: &Services, event: &WebhookEvent) -> Result<&'static str> {
-    let Some(endpoint_id) = &event.endpoint_id else {
-        return Ok("ignored");
-    };
-    let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
-        return Ok("ignored");
-    };
-    let provider = services.providers.get(&c.provider).cloned().ok_or_else(|| Error::NotFound("provider".into()))?;
-    if event.provider == "strava" {
-        let parsed = StravaEvent::parse(event.payload.as_bytes()).map_err(Error::Malformed)?;
-        if parsed.deauthorizes() {
-            // The athlete revoked us at Strava: nothing to revoke upstream, only to forget.
-            let mut off = c.clone();
-            off.status = "off".into();
-            off.tokens = None;
-            off.last_error = Some("deauthorized at the provider".into());
-            let body = endpoint_body(provider.as_ref(), &off);
-            services
-                .store
-                .set_connection_status(&c.endpoint_id, "off", off.last_error.as_deref(), true, body, None)
-                .await?;
-            return Ok("done");
-        }
-        if parsed.object_type != "activity" {
-            return Ok("ignored");
-        }
-    }
-    // Activity and exercise events become sync work for their connection (a later stage reads them).
-    Ok(if c.status == "active" { "pending_sync" } else { "ignored" })
 }
 
 pub async fn list_events(services: &Services, principal: &Principal, filter: EventFilter) -> Result<Vec<WebhookEvent>> {
@@ -272,13 +208,4 @@ pub async fn subscribe(services: &Services, principal: &Principal, slug: &str) -
         }
         _ => Err(Error::NotFound(format!("webhooks for provider {slug}"))),
     }
-}
-
-/// Runs the inbox worker every `every` until the process ends.
-pub fn spawn_worker(services: &std::sync::Arc<Services>, every: Duration) -> tokio::task::JoinHandle<()> {
-    services.spawn_every(every, |services| async move {
-        if let Err(e) = process_due(&services, now_ms()).await {
-            tracing::warn!(error = %e, "webhook worker pass failed");
-        }
-    })
 }

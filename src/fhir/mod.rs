@@ -6,11 +6,13 @@ use serde_json::{json, Value};
 
 use crate::store::StoredResource;
 
+pub mod activity;
 pub mod draft;
 mod resources;
+pub mod search;
 
 pub use draft::{MapContext, MapError, ResourceDraft};
-pub use resources::{create_patient, endpoints_of, read};
+pub use resources::{create_patient, endpoints_of, read, read_version, search};
 
 /// Base of our code systems, identifier systems and extension URLs.
 pub const BASE: &str = "https://wearlink.dev/fhir";
@@ -111,12 +113,27 @@ pub fn validate_new_patient(mut body: Value) -> Result<Value, String> {
 
 /// A searchset Bundle of `resources`; `self_url` is the search as asked.
 pub fn searchset(self_url: &str, base_url: &str, resources: &[StoredResource]) -> Value {
+    paged_searchset(self_url, None, base_url, resources.len() as i64, resources)
+}
+
+/// A searchset Bundle of one page of `total` matches, with a `next` link when there is more.
+pub fn paged_searchset(
+    self_url: &str,
+    next_url: Option<&str>,
+    base_url: &str,
+    total: i64,
+    resources: &[StoredResource],
+) -> Value {
     let base = base_url.trim_end_matches('/');
+    let mut link = vec![json!({ "relation": "self", "url": self_url })];
+    if let Some(next) = next_url {
+        link.push(json!({ "relation": "next", "url": next }));
+    }
     json!({
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": resources.len(),
-        "link": [{ "relation": "self", "url": self_url }],
+        "total": total,
+        "link": link,
         "entry": resources.iter().map(|r| {
             let kind = r.body.get("resourceType").and_then(Value::as_str).unwrap_or_default();
             json!({

@@ -6,7 +6,7 @@ use super::validate_new_patient;
 use crate::store::StoredResource;
 
 /// Resource types this server serves by id.
-const READABLE: &[&str] = &["Patient", "Endpoint"];
+const READABLE: &[&str] = &["Patient", "Endpoint", "Observation", "Procedure"];
 
 pub async fn create_patient(
     services: &crate::Services,
@@ -43,4 +43,34 @@ pub async fn endpoints_of(
         return Err(crate::Error::Invalid("patient must be Patient/<id>".into()));
     }
     Ok(services.store.search_by_patient(&principal.project_id, "Endpoint", id).await?)
+}
+
+/// One version of a resource of the caller's project (`_history/{vid}`).
+pub async fn read_version(
+    services: &crate::Services,
+    principal: &crate::projects::Principal,
+    resource_type: &str,
+    id: &str,
+    version: &str,
+) -> crate::Result<StoredResource> {
+    let not_found = || crate::Error::NotFound(format!("{resource_type}/{id}/_history/{version}"));
+    let Ok(version) = version.parse::<i64>() else {
+        return Err(not_found());
+    };
+    if !READABLE.contains(&resource_type) {
+        return Err(not_found());
+    }
+    services.store.read_version(&principal.project_id, resource_type, id, version).await?.ok_or_else(not_found)
+}
+
+/// A search of synced resources (`Observation`, `Procedure`): `(total, page, query)`.
+pub async fn search(
+    services: &crate::Services,
+    principal: &crate::projects::Principal,
+    resource_type: &str,
+    params: &[(String, String)],
+) -> crate::Result<(i64, Vec<StoredResource>, crate::store::sync::ResourceQuery)> {
+    let query = super::search::parse(resource_type, params).map_err(crate::Error::Invalid)?;
+    let (total, found) = services.store.search_resources(&principal.project_id, &query).await?;
+    Ok((total, found, query))
 }

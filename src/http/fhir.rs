@@ -99,3 +99,109 @@ pub async fn search_endpoints(
     let self_url = format!("{base}{uri}");
     Ok(fhir_response(StatusCode::OK, &fhir::searchset(&self_url, base, &found)))
 }
+
+/// A synced Observation (from a provider's data; see docs/data-sync.md).
+#[utoipa::path(get, path = "/fhir/R4/Observation/{id}", tag = "fhir", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/fhir+json", body = Object), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn read_observation(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    Ok(resource_response(StatusCode::OK, &fhir::read(&s, &principal, "Observation", &id).await?))
+}
+
+/// A synced Procedure (an exercise session).
+#[utoipa::path(get, path = "/fhir/R4/Procedure/{id}", tag = "fhir", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/fhir+json", body = Object), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn read_procedure(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    Ok(resource_response(StatusCode::OK, &fhir::read(&s, &principal, "Procedure", &id).await?))
+}
+
+/// One version of a resource.
+#[utoipa::path(get, path = "/fhir/R4/{type}/{id}/_history/{vid}", tag = "fhir", security(("bearer" = [])),
+    params(("type" = String, Path), ("id" = String, Path), ("vid" = String, Path)),
+    responses((status = 200, content_type = "application/fhir+json", body = Object), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn read_version(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath((resource_type, id, version)): ApiPath<(String, String, String)>,
+) -> ApiResult<Response> {
+    Ok(resource_response(StatusCode::OK, &fhir::read_version(&s, &principal, &resource_type, &id, &version).await?))
+}
+
+/// Documents the parameters; the query itself is read as pairs (parameters repeat).
+#[allow(dead_code)]
+#[derive(Deserialize, IntoParams)]
+pub struct ResourceSearch {
+    /// `Patient/<id>` (required).
+    pub patient: Option<String>,
+    /// `system|code` or `code`; commas for alternatives; repeatable.
+    pub code: Option<String>,
+    /// Observation categories, as `code`.
+    pub category: Option<String>,
+    /// `ge`, `le`, `gt`, `lt` (or no) prefix and a FHIR date; repeatable.
+    pub date: Option<String>,
+    #[serde(rename = "_count")]
+    #[param(rename = "_count")]
+    pub count: Option<String>,
+    #[serde(rename = "_offset")]
+    #[param(rename = "_offset")]
+    pub offset: Option<String>,
+    /// `date` or `-date`.
+    #[serde(rename = "_sort")]
+    #[param(rename = "_sort")]
+    pub sort: Option<String>,
+}
+
+async fn search_synced(
+    s: &Services,
+    principal: &Principal,
+    resource_type: &str,
+    uri: &axum::http::Uri,
+) -> ApiResult<Response> {
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let (total, found, query) = fhir::search(s, principal, resource_type, &params).await?;
+    let base = s.config.base_url.as_str().trim_end_matches('/');
+    let self_url = format!("{base}{uri}");
+    let next = (query.offset + (found.len() as i64) < total && query.count > 0).then(|| {
+        let mut kept: Vec<(String, String)> = params.into_iter().filter(|(k, _)| k != "_offset").collect();
+        kept.push(("_offset".into(), (query.offset + query.count).to_string()));
+        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish();
+        format!("{base}/fhir/R4/{resource_type}?{query}")
+    });
+    Ok(fhir_response(StatusCode::OK, &fhir::paged_searchset(&self_url, next.as_deref(), base, total, &found)))
+}
+
+/// Observations of a patient, as a paged searchset Bundle.
+#[utoipa::path(get, path = "/fhir/R4/Observation", tag = "fhir", security(("bearer" = [])),
+    params(ResourceSearch),
+    responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = Object),
+        (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn search_observations(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
+    search_synced(&s, &principal, "Observation", &uri).await
+}
+
+/// Procedures (exercise sessions) of a patient, as a paged searchset Bundle.
+#[utoipa::path(get, path = "/fhir/R4/Procedure", tag = "fhir", security(("bearer" = [])),
+    params(ResourceSearch),
+    responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = Object),
+        (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn search_procedures(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
+    search_synced(&s, &principal, "Procedure", &uri).await
+}

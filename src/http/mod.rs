@@ -83,6 +83,7 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(wearables::list_connections))
         .routes(routes!(wearables::disconnect))
         .routes(routes!(wearables::access_token))
+        .routes(routes!(wearables::resync))
         .routes(routes!(webhooks::challenge, webhooks::deliver))
         .routes(routes!(webhooks::subscribe))
         .routes(routes!(webhooks::list_events))
@@ -95,6 +96,11 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(fhir::read_patient))
         .routes(routes!(fhir::read_endpoint))
         .routes(routes!(fhir::search_endpoints))
+        .routes(routes!(fhir::read_observation))
+        .routes(routes!(fhir::read_procedure))
+        .routes(routes!(fhir::search_observations))
+        .routes(routes!(fhir::search_procedures))
+        .routes(routes!(fhir::read_version))
         .split_for_parts()
 }
 

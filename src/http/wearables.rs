@@ -222,6 +222,9 @@ pub struct Connection {
     /// Epoch milliseconds.
     pub last_refreshed_at: Option<i64>,
     pub last_error: Option<String>,
+    /// Data sync of this connection.
+    #[schema(value_type = Object)]
+    pub sync: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -256,10 +259,12 @@ pub async fn list_connections(
     ApiQuery(query): ApiQuery<ConnectionsQuery>,
 ) -> ApiResult<Json<ConnectionsResponse>> {
     let filter = crate::store::ConnectionFilter { patient_id: query.patient_id, provider: query.provider };
-    let connections = crate::connections::list(&s, &principal, filter)
-        .await?
+    let listed = crate::connections::list(&s, &principal, filter).await?;
+    let mut sync = crate::sync::status::views(&s, &principal.project_id, &listed).await?;
+    let connections = listed
         .into_iter()
         .map(|c| Connection {
+            sync: sync.remove(&c.endpoint_id).and_then(|v| serde_json::to_value(v).ok()),
             id: c.endpoint_id,
             provider: c.provider,
             patient_id: c.patient_id,
@@ -311,4 +316,55 @@ pub async fn access_token(
         expires_at: grant.expires_at,
     };
     Ok(no_store(Json(body).into_response()))
+}
+
+/// A range to resync: epoch milliseconds or FHIR dates/instants (`2026-03-01`, `2026-03-01T00:00:00Z`).
+#[derive(Deserialize, ToSchema)]
+pub struct ResyncRequest {
+    #[schema(value_type = Option<Object>)]
+    pub from: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub to: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncResponse {
+    pub queued: bool,
+    /// Epoch milliseconds.
+    pub from: i64,
+    pub to: i64,
+}
+
+fn instant(value: Option<serde_json::Value>, name: &str) -> Result<Option<i64>, crate::Error> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_i64().map(Some).ok_or_else(|| crate::Error::Invalid(format!("{name} must be epoch milliseconds")))
+        }
+        Some(serde_json::Value::String(s)) => crate::fhir::search::date_bounds(&s)
+            .map(|(lo, _)| Some(lo))
+            .ok_or_else(|| crate::Error::Invalid(format!("{name} must be a FHIR date or epoch milliseconds"))),
+        Some(_) => Err(crate::Error::Invalid(format!("{name} must be a FHIR date or epoch milliseconds"))),
+    }
+}
+
+/// Queues a resync of a range (admin). Idempotent: unchanged data keeps its versions.
+#[utoipa::path(post, path = "/v1/wearables/connections/{endpointId}/sync", tag = "wearables",
+    security(("bearer" = [])),
+    params(("endpointId" = String, Path)),
+    request_body(content = ResyncRequest, content_type = "application/json"),
+    responses((status = 202, body = ResyncResponse), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem, description = "The connection is not active"),
+        (status = 422, body = Problem)))]
+pub async fn resync(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    ApiPath(endpoint_id): ApiPath<String>,
+    ApiJson(request): ApiJson<ResyncRequest>,
+) -> ApiResult<(StatusCode, Json<ResyncResponse>)> {
+    principal.require_admin()?;
+    let (from, to) = (instant(request.from, "from")?, instant(request.to, "to")?);
+    let (from, to) = crate::sync::request_resync(&s, &principal, &endpoint_id, from, to).await?;
+    Ok((StatusCode::ACCEPTED, Json(ResyncResponse { queued: true, from, to })))
 }

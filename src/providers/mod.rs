@@ -18,8 +18,11 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-mod polar;
-mod strava;
+pub mod data;
+pub mod polar;
+pub mod strava;
+
+pub use data::DataSource;
 
 pub use polar::{Polar, PolarEvent};
 pub use strava::{Strava, StravaEvent};
@@ -39,6 +42,9 @@ pub struct ProviderUrls {
     pub api: Option<Url>,
     /// Where access is revoked (Strava's deauthorize); providers that revoke through their API ignore it.
     pub revoke: Option<Url>,
+    /// The provider's short rate-limit window, where it is clock-aligned and not announced in
+    /// headers (Strava's 15 minutes); shorter only to compress time in tests.
+    pub short_rate_window: Option<std::time::Duration>,
 }
 
 /// A provider's URLs with defaults applied.
@@ -162,6 +168,10 @@ pub trait Provider: Send + Sync {
     }
     /// Revokes our access at the provider. Access that is already gone counts as revoked.
     async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError>;
+    /// The provider's data API, when Wearlink syncs its data.
+    fn data(&self) -> Option<&dyn DataSource> {
+        None
+    }
     /// The FHIR identifier system for this provider's user ids.
     fn identifier_system(&self) -> String {
         format!("{}/sid/{}-user-id", crate::fhir::BASE, self.slug())

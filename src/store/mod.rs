@@ -8,7 +8,11 @@ use crate::crypto::Sealed;
 
 mod postgres;
 mod sql;
+mod sql_sync;
 mod sqlite;
+pub mod sync;
+
+pub use sync::{JobStore, ResourceStore, SyncStore};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -184,12 +188,27 @@ pub struct WebhookEvent {
     pub patient_id: Option<String>,
     /// The event as received (raw JSON text).
     pub payload: String,
-    /// `received` (to process), `pending_sync`, `done`, `ignored` or `dead`.
+    /// `received` (to process), `synced`, `done`, `ignored` or `dead`.
     pub state: String,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
     pub received_at: i64,
+    pub processed_at: Option<i64>,
+    /// The FHIR resources (`Type/id`) a `synced` event wrote or changed.
+    pub synced_refs: Option<Vec<String>>,
+}
+
+/// How processing an event ended, written with its job's completion.
+#[derive(Clone, Debug)]
+pub struct EventOutcome {
+    pub job: sync::JobOutcome,
+    /// The event's state now (`received` while it is retried).
+    pub state: String,
+    pub attempts: i64,
+    /// Why it was ignored, or the last failure.
+    pub error: Option<String>,
+    pub refs: Option<Vec<String>>,
     pub processed_at: Option<i64>,
 }
 
@@ -345,24 +364,20 @@ pub trait WebhookStore: Send + Sync {
     /// Stores an event unless the same (project, provider, dedup key) is already in; answers
     /// whether it was new.
     async fn insert_event(&self, event: &WebhookEvent) -> StoreResult<bool>;
-    /// Leases up to `limit` events due for processing: their next attempt moves to the lease's
-    /// end, so a crashed worker's events come back then.
-    async fn claim_due_events(&self, lease: &Lease, limit: i64) -> StoreResult<Vec<WebhookEvent>>;
-    /// Sets an event's final state (`pending_sync`, `done`, `ignored`).
-    async fn finish_event(&self, id: &str, state: &str, processed_at: i64) -> StoreResult<()>;
-    /// Records a failed attempt: retried at `next_attempt_at`, or `dead` when `dead`.
-    async fn fail_event(
+    async fn read_event(&self, id: &str) -> StoreResult<Option<WebhookEvent>>;
+    /// Completes the event's job (fenced on `lease`) and records the outcome in one transaction;
+    /// false when the lease was lost (nothing written).
+    async fn complete_event(
         &self,
-        id: &str,
-        attempts: i64,
-        next_attempt_at: i64,
-        error: &str,
-        dead: bool,
-    ) -> StoreResult<()>;
+        lease: &Lease,
+        job_id: &str,
+        event_id: &str,
+        outcome: &EventOutcome,
+    ) -> StoreResult<bool>;
     async fn list_events(&self, project_id: &str, filter: &EventFilter) -> StoreResult<Vec<WebhookEvent>>;
     /// How many of the project's events are in each state.
     async fn count_events(&self, project_id: &str) -> StoreResult<Vec<(String, i64)>>;
-    /// Puts an event of the project back to `received`, due now; false when there is none.
+    /// Puts an event of the project back to `received` and in the queue; false when there is none.
     async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool>;
 }
 
@@ -376,8 +391,22 @@ pub trait Backend: Send + Sync {
 }
 
 /// Everything the service stores, as one object (`Arc<dyn Store>`).
-pub trait Store: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Backend {}
-impl<T: ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + Backend> Store for T {}
+pub trait Store:
+    ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + JobStore + ResourceStore + SyncStore + Backend
+{
+}
+impl<T> Store for T where
+    T: ProjectStore
+        + FhirStore
+        + StateStore
+        + ConnectionStore
+        + WebhookStore
+        + JobStore
+        + ResourceStore
+        + SyncStore
+        + Backend
+{
+}
 
 /// Readiness check shared by the SQL backends: the newest migration of this build is recorded.
 async fn migrations_applied<'e, E>(executor: E, migrator: &sqlx::migrate::Migrator) -> StoreResult<()>

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
 use super::sql::impl_sql_store;
+use super::sql_sync::impl_sync_store;
 use super::*;
 
 pub struct PostgresStore {
@@ -60,6 +61,15 @@ impl Backend for PostgresStore {
 }
 
 impl_sql_store!(
+    store: PostgresStore,
+    db: sqlx::Postgres,
+    row: PgRow,
+    begin_write: begin,
+    lock_rows: " FOR UPDATE",
+    skip_locked: " FOR UPDATE SKIP LOCKED",
+);
+
+impl_sync_store!(
     store: PostgresStore,
     db: sqlx::Postgres,
     row: PgRow,

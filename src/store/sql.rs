@@ -93,6 +93,10 @@ macro_rules! impl_sql_store {
             last_error: row.try_get("last_error")?,
             received_at: row.try_get("received_at")?,
             processed_at: row.try_get("processed_at")?,
+            synced_refs: match row.try_get::<Option<String>, _>("synced_refs")? {
+                Some(refs) => Some(serde_json::from_str(&refs).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                None => None,
+            },
         })
     }
 
@@ -540,6 +544,11 @@ macro_rules! impl_sql_store {
                     .bind(c.updated_at);
             }
             query.execute(&mut *tx).await?;
+            // Connecting (or reconnecting) queues the connection's backfill in the same
+            // transaction: no connection is saved without it.
+            let backfills: Vec<_> =
+                items.iter().map(|(c, _)| $crate::sync::backfill_job(&c.project_id, &c.endpoint_id, c.updated_at)).collect();
+            insert_jobs(&mut tx, &backfills).await?;
             tx.commit().await?;
             Ok(saved)
         }
@@ -683,6 +692,25 @@ macro_rules! impl_sql_store {
                 return Ok(false);
             }
             write_endpoint_version(&mut tx, endpoint_id, endpoint, now).await?;
+            if status != "active" {
+                // Nothing more is fetched for a connection that is off or broken: its queued work
+                // goes, its unprocessed events are set aside.
+                // Jobs a worker holds finish by themselves: they see the connection is no longer active.
+                sqlx::query("DELETE FROM jobs WHERE endpoint_id = $1 AND lease_owner IS NULL")
+                    .bind(endpoint_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE webhook_events SET state = 'ignored', last_error = $1, processed_at = $2
+                     WHERE endpoint_id = $3 AND state = 'received'
+                       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'webhook_event' AND j.unique_key = webhook_events.id)",
+                )
+                .bind(format!("connection {status}"))
+                .bind(now)
+                .bind(endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             if let Some(r) = revocation {
                 sqlx::query(
                     "INSERT INTO pending_revocations (id, project_id, endpoint_id, provider, remote_user_id,
@@ -787,6 +815,8 @@ macro_rules! impl_sql_store {
     #[async_trait]
     impl $crate::store::WebhookStore for $store {
         async fn insert_event(&self, e: &WebhookEvent) -> StoreResult<bool> {
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
             let inserted = sqlx::query(
                 "INSERT INTO webhook_events (id, project_id, provider, dedup_key, event_type, remote_user_id,
                      endpoint_id, patient_id, payload, state, attempts, next_attempt_at, last_error, received_at,
@@ -809,60 +839,54 @@ macro_rules! impl_sql_store {
             .bind(&e.last_error)
             .bind(e.received_at)
             .bind(e.processed_at)
-            .execute(&mut *self.writer().await?)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+            if inserted == 1 && e.state == "received" {
+                // Processing goes through the one job queue, queued with the event itself.
+                insert_jobs(&mut tx, &[$crate::sync::event_job(e)]).await?;
+            }
+            tx.commit().await?;
             Ok(inserted == 1)
         }
 
-        async fn claim_due_events(&self, lease: &Lease, limit: i64) -> StoreResult<Vec<WebhookEvent>> {
-            let rows = sqlx::query(concat!(
-                "UPDATE webhook_events SET next_attempt_at = $1
-                 WHERE id IN (SELECT id FROM webhook_events WHERE state = 'received' AND next_attempt_at <= $2
-                              ORDER BY received_at LIMIT $3",
-                $skip_locked,
-                ")
-                 RETURNING *"
-            ))
-            .bind(lease.until)
-            .bind(lease.now)
-            .bind(limit)
-            .fetch_all(&mut *self.writer().await?)
-            .await?;
-            rows.iter().map(event_from_row).collect()
-        }
-
-        async fn finish_event(&self, id: &str, state: &str, processed_at: i64) -> StoreResult<()> {
-            sqlx::query("UPDATE webhook_events SET state = $1, processed_at = $2, last_error = NULL WHERE id = $3")
-                .bind(state)
-                .bind(processed_at)
+        async fn read_event(&self, id: &str) -> StoreResult<Option<WebhookEvent>> {
+            sqlx::query("SELECT * FROM webhook_events WHERE id = $1")
                 .bind(id)
-                .execute(&mut *self.writer().await?)
-                .await?;
-            Ok(())
+                .fetch_optional(self.reader())
+                .await?
+                .as_ref()
+                .map(event_from_row)
+                .transpose()
         }
 
-        async fn fail_event(
+        async fn complete_event(
             &self,
-            id: &str,
-            attempts: i64,
-            next_attempt_at: i64,
-            error: &str,
-            dead: bool,
-        ) -> StoreResult<()> {
+            lease: &Lease,
+            job_id: &str,
+            event_id: &str,
+            outcome: &$crate::store::EventOutcome,
+        ) -> StoreResult<bool> {
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
+            if !complete_job_in(&mut tx, lease, job_id, &outcome.job).await? {
+                return Ok(false);
+            }
             sqlx::query(
-                "UPDATE webhook_events SET attempts = $1, next_attempt_at = $2, last_error = $3,
-                     state = CASE WHEN $4 = 1 THEN 'dead' ELSE state END
-                 WHERE id = $5",
+                "UPDATE webhook_events SET state = $1, attempts = $2, last_error = $3, synced_refs = $4,
+                     processed_at = $5
+                 WHERE id = $6",
             )
-            .bind(attempts)
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(i64::from(dead))
-            .bind(id)
-            .execute(&mut *self.writer().await?)
+            .bind(&outcome.state)
+            .bind(outcome.attempts)
+            .bind(&outcome.error)
+            .bind(outcome.refs.as_ref().map(|r| serde_json::to_string(r).expect("strings serialize")))
+            .bind(outcome.processed_at)
+            .bind(event_id)
+            .execute(&mut *tx)
             .await?;
-            Ok(())
+            tx.commit().await?;
+            Ok(true)
         }
 
         async fn list_events(&self, project_id: &str, filter: &EventFilter) -> StoreResult<Vec<WebhookEvent>> {
@@ -889,18 +913,26 @@ macro_rules! impl_sql_store {
         }
 
         async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool> {
-            let replayed = sqlx::query(
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
+            let event = sqlx::query(
                 "UPDATE webhook_events SET state = 'received', attempts = 0, next_attempt_at = $1, last_error = NULL,
-                     processed_at = NULL
-                 WHERE project_id = $2 AND id = $3",
+                     processed_at = NULL, synced_refs = NULL
+                 WHERE project_id = $2 AND id = $3
+                 RETURNING *",
             )
             .bind(now)
             .bind(project_id)
             .bind(id)
-            .execute(&mut *self.writer().await?)
-            .await?
-            .rows_affected();
-            Ok(replayed == 1)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(event) = event.as_ref().map(event_from_row).transpose()? else {
+                return Ok(false);
+            };
+            // A job still queued for it (not dead yet) stays; otherwise a new one is queued.
+            insert_jobs(&mut tx, &[$crate::sync::event_job(&event)]).await?;
+            tx.commit().await?;
+            Ok(true)
         }
     }
     };

@@ -11,6 +11,7 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::impl_sql_store;
+use super::sql_sync::impl_sync_store;
 use super::*;
 
 pub struct SqliteStore {
@@ -136,6 +137,15 @@ impl Backend for SqliteStore {
 }
 
 impl_sql_store!(
+    store: SqliteStore,
+    db: sqlx::Sqlite,
+    row: SqliteRow,
+    begin_write: begin_immediate,
+    lock_rows: "",
+    skip_locked: "",
+);
+
+impl_sync_store!(
     store: SqliteStore,
     db: sqlx::Sqlite,
     row: SqliteRow,

@@ -1,7 +1,9 @@
 //! The test app: the real router on a random port, a temporary SQLite file, provider stand-ins.
 #![allow(dead_code, unused_imports)]
 
+pub mod fhir_partner;
 pub mod stand_in;
+pub mod stand_in_data;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,11 @@ use serde_json::{json, Value};
 use wearlink::store::Role;
 use wearlink::{projects, Config, Services};
 
+pub use fhir_partner::FhirPartner;
 pub use stand_in::{StandIn, TokenMode};
+pub use stand_in_data::{
+    polar_daily_activity_json, polar_exercise_json, polar_sleep_json, strava_activity_json, ApiCall, ApiLog,
+};
 
 /// Which store a test runs on; every story runs on both (see `on_both_backends!`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

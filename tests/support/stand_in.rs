@@ -2,6 +2,9 @@
 //! authorize pages that redirect back with a code, token endpoints that check the form fields,
 //! the client authentication and the exact `redirect_uri`, and accept each code once; Polar's
 //! user registration. They can be told to fail.
+//!
+//! The data APIs (Strava activities, Polar exercises, sleep and daily activity) with their rate
+//! limits are in `stand_in_data.rs`; their test API is on `StandIn` as well.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +18,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
+
+use super::stand_in_data;
+pub use super::stand_in_data::{
+    polar_daily_activity_json, polar_exercise_json, polar_sleep_json, strava_activity_json, ApiCall, ApiLog,
+};
 
 pub const STRAVA_CLIENT_ID: &str = "48151";
 pub const STRAVA_CLIENT_SECRET: &str = "strava-client-secret-7f3a";
@@ -50,6 +58,8 @@ struct Inner {
     issued: Vec<(&'static str, String, Option<String>)>,
     /// Polar member-ids registered, by x_user_id
     polar_users: HashMap<String, String>,
+    /// Polar users whose data the client may read: registered, consents accepted, not deleted.
+    polar_registered: std::collections::HashSet<u64>,
     polar_registrations: u32,
     next_user: u64,
     /// Valid Strava refresh tokens → athlete id. A refresh token works once (Strava rotates them).
@@ -75,6 +85,8 @@ pub struct StandIn {
     mode: Arc<Mutex<TokenMode>>,
     revoke_mode: Arc<Mutex<TokenMode>>,
     deny: Arc<Mutex<bool>>,
+    /// The data APIs' activities, nights, limits and logs.
+    pub(crate) data: Arc<Mutex<stand_in_data::Data>>,
 }
 
 impl StandIn {
@@ -87,6 +99,7 @@ impl StandIn {
             mode: Arc::new(Mutex::new(TokenMode::Normal)),
             revoke_mode: Arc::new(Mutex::new(TokenMode::Normal)),
             deny: Arc::new(Mutex::new(false)),
+            data: Arc::default(),
         };
         let app = Router::new()
             .route("/strava/oauth/authorize", get(strava_authorize))
@@ -98,6 +111,7 @@ impl StandIn {
             .route("/strava/oauth/deauthorize", post(strava_deauthorize))
             .route("/strava/api/v3/push_subscriptions", post(strava_push_subscription))
             .route("/polar/v3/webhooks", post(polar_create_webhook))
+            .merge(stand_in_data::routes(stand_in.clone()))
             .with_state(stand_in.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         stand_in
@@ -184,6 +198,60 @@ impl StandIn {
 
     pub fn polar_member_ids(&self) -> Vec<String> {
         self.inner.lock().unwrap().polar_users.values().cloned().collect()
+    }
+
+    /// The user id handed out last (Strava athlete id or Polar `x_user_id`): the user of the
+    /// latest authorize step. `None` before any.
+    pub fn last_user_id(&self) -> Option<u64> {
+        let inner = self.inner.lock().unwrap();
+        (inner.next_user > 1000).then_some(inner.next_user)
+    }
+
+    /// A new user with an access token (and, for Strava, a refresh token), as if they had
+    /// connected, without the OAuth round trip. Polar users are registered with the client.
+    /// Answers `(user id, access token)`.
+    pub fn mint_user(&self, provider: &'static str) -> (u64, String) {
+        let user = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.next_user += 1;
+            inner.next_user
+        };
+        let (access, _, _) = self.issue(provider, user, provider == "strava", true);
+        if provider == "polar" {
+            let mut inner = self.inner.lock().unwrap();
+            inner.polar_users.insert(user.to_string(), format!("member-{user}"));
+            inner.polar_registered.insert(user);
+        }
+        (user, access)
+    }
+
+    /// Whether a Polar user's data is readable: registered and consents accepted (`false`: the
+    /// data endpoints answer 403, as for a user who has not accepted Polar's consents).
+    pub fn set_polar_registered(&self, user: u64, registered: bool) {
+        let mut inner = self.inner.lock().unwrap();
+        if registered {
+            inner.polar_registered.insert(user);
+        } else {
+            inner.polar_registered.remove(&user);
+        }
+    }
+
+    /// The user whose current (latest, not revoked) access token for `provider` this is.
+    pub(crate) fn current_token_user(&self, provider: &'static str, token: &str) -> Option<u64> {
+        if token.is_empty() {
+            return None;
+        }
+        let inner = self.inner.lock().unwrap();
+        if !inner.issued.iter().any(|(p, a, _)| *p == provider && a == token)
+            || inner.revocations.iter().any(|(p, t)| *p == provider && t == token)
+        {
+            return None;
+        }
+        inner.latest_access.iter().find(|(_, a)| a.as_str() == token).map(|(user, _)| *user)
+    }
+
+    pub(crate) fn polar_is_registered(&self, user: u64) -> bool {
+        self.inner.lock().unwrap().polar_registered.contains(&user)
     }
 
     /// Authorize step shared by both providers: checks the query, then redirects back with a code
@@ -402,7 +470,9 @@ async fn polar_token(
     }
 }
 
-/// AccessLink `POST /v3/users`: 200 the first time, 409 after.
+/// AccessLink `POST /v3/users`: 200 the first time, 409 after. The stand-in hands out a new user
+/// id at every authorize step, so a reconnect of the same member-id (the same person, whose Polar
+/// account is registered already) makes the new id registered as well.
 async fn polar_register(State(s): State<StandIn>, headers: HeaderMap, Json(body): Json<serde_json::Value>) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -410,19 +480,21 @@ async fn polar_register(State(s): State<StandIn>, headers: HeaderMap, Json(body)
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_string();
-    let mut inner = s.inner.lock().unwrap();
-    let Some(user) = inner.issued.iter().position(|(p, a, _)| *p == "polar" && *a == token) else {
+    let Some(user) = s.current_token_user("polar", &token) else {
         return (StatusCode::UNAUTHORIZED, "").into_response();
     };
+    let mut inner = s.inner.lock().unwrap();
     let Some(member_id) = body.get("member-id").and_then(|m| m.as_str()).map(String::from) else {
         return (StatusCode::BAD_REQUEST, "member-id required").into_response();
     };
     inner.polar_registrations += 1;
     let key = user.to_string();
-    if inner.polar_users.values().any(|m| *m == member_id) {
+    if inner.polar_users.contains_key(&key) || inner.polar_users.values().any(|m| *m == member_id) {
+        inner.polar_registered.insert(user);
         return (StatusCode::CONFLICT, "").into_response();
     }
     inner.polar_users.insert(key, member_id.clone());
+    inner.polar_registered.insert(user);
     Json(json!({"polar-user-id": user, "member-id": member_id, "registration-date": "2026-11-25T10:00:00.000Z"}))
         .into_response()
 }
@@ -466,6 +538,7 @@ async fn polar_delete_user(
         return StatusCode::UNAUTHORIZED.into_response();
     }
     inner.revocations.push(("polar", id));
+    inner.polar_registered.remove(&user);
     StatusCode::NO_CONTENT.into_response()
 }
 

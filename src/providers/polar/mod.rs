@@ -12,6 +12,9 @@ use super::{
     RevocationTarget, TokenSet,
 };
 
+mod data;
+pub mod mapping;
+
 pub const SLUG: &str = "polar";
 const SCOPE: &str = "accesslink.read_all";
 
@@ -61,6 +64,10 @@ impl Provider for Polar {
 
     fn scopes(&self) -> Vec<String> {
         vec![SCOPE.into()]
+    }
+
+    fn data(&self) -> Option<&dyn super::DataSource> {
+        Some(self)
     }
 
     fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {

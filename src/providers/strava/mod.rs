@@ -12,11 +12,16 @@ use super::{
     RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
+mod data;
+pub mod mapping;
+
 pub const SLUG: &str = "strava";
 const SCOPE: &str = "read,activity:read_all";
 
 pub struct Strava {
     urls: ResolvedUrls,
+    /// The "15-minute" rate-limit window (shorter only to compress time in tests).
+    short_window: std::time::Duration,
 }
 
 impl Strava {
@@ -30,7 +35,14 @@ impl Strava {
                 // Strava has announced POST /oauth/revoke as the successor: change it here.
                 Some("https://www.strava.com/oauth/deauthorize"),
             ),
+            short_window: overrides
+                .and_then(|o| o.short_rate_window)
+                .unwrap_or(std::time::Duration::from_secs(15 * 60)),
         }
+    }
+
+    fn short_window_ms(&self) -> i64 {
+        (self.short_window.as_millis() as i64).max(1)
     }
 
     fn flow(&self) -> OAuthFlow<'_> {
@@ -79,6 +91,10 @@ impl Provider for Strava {
 
     fn identifier_system(&self) -> String {
         format!("{}/sid/strava-athlete-id", crate::fhir::BASE)
+    }
+
+    fn data(&self) -> Option<&dyn super::DataSource> {
+        Some(self)
     }
 
     fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {

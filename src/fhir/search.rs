@@ -1,0 +1,155 @@
+//! FHIR search parameters of the synced resources (`Observation`, `Procedure`): parsed from the
+//! query into a `store::sync::ResourceQuery`.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+
+use crate::store::sync::{DateBound, ResourceQuery, TokenParam};
+
+/// Resource types with search by patient, code, category and date.
+pub const SEARCHABLE: &[&str] = &["Observation", "Procedure"];
+pub const DEFAULT_COUNT: i64 = 50;
+pub const MAX_COUNT: i64 = 1000;
+
+/// The span a FHIR date/dateTime value stands for, `[lo, hi)` in epoch ms: a year, month or day
+/// (UTC when no offset is given), or the instant itself (a 1 ms span).
+pub fn date_bounds(text: &str) -> Option<(i64, i64)> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        let ms = at.timestamp_millis();
+        return Some((ms, ms + 1));
+    }
+    if let Ok(at) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f") {
+        let ms = Utc.from_utc_datetime(&at).timestamp_millis();
+        return Some((ms, ms + 1));
+    }
+    let day =
+        |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).map(|d| d.and_hms_opt(0, 0, 0).expect("midnight"));
+    let ms = |at: NaiveDateTime| Utc.from_utc_datetime(&at).timestamp_millis();
+    let parts: Vec<&str> = text.split('-').collect();
+    let year: i32 = parts.first()?.parse().ok().filter(|_| parts[0].len() == 4)?;
+    match parts.len() {
+        1 => Some((ms(day(year, 1, 1)?), ms(day(year + 1, 1, 1)?))),
+        2 => {
+            let month: u32 = parts[1].parse().ok()?;
+            let next = if month == 12 { day(year + 1, 1, 1)? } else { day(year, month + 1, 1)? };
+            Some((ms(day(year, month, 1)?), ms(next)))
+        }
+        3 => {
+            let start = day(year, parts[1].parse().ok()?, parts[2].parse().ok()?)?;
+            Some((ms(start), ms(start + chrono::Duration::days(1))))
+        }
+        _ => None,
+    }
+}
+
+/// One `date` parameter (`ge2026-03-01`, `lt2026-04`, `2026-03-14`) as bounds on the resource's
+/// range: it matches when the ranges relate as the prefix says (FHIR R4 search, 3.1.1.5.5).
+pub fn date_param(raw: &str) -> Result<Vec<DateBound>, String> {
+    let (prefix, value) = match raw.get(..2) {
+        Some(p @ ("ge" | "le" | "gt" | "lt" | "eq")) => (p, &raw[2..]),
+        _ => ("eq", raw),
+    };
+    let (lo, hi) = date_bounds(value).ok_or_else(|| format!("date {raw:?} is not a FHIR date"))?;
+    Ok(match prefix {
+        "ge" => vec![DateBound::EndsAtOrAfter(lo)],
+        "gt" => vec![DateBound::EndsAtOrAfter(hi)],
+        "le" => vec![DateBound::StartsBefore(hi)],
+        "lt" => vec![DateBound::StartsBefore(lo)],
+        _ => vec![DateBound::EndsAtOrAfter(lo), DateBound::StartsBefore(hi)],
+    })
+}
+
+/// `system|code`, `|code` (no system: matched as any system here) or `code`; commas are ORs.
+pub fn token_param(raw: &str) -> Result<Vec<TokenParam>, String> {
+    raw.split(',')
+        .map(|one| {
+            let (system, code) = match one.split_once('|') {
+                Some((system, code)) => ((!system.is_empty()).then(|| system.to_string()), code),
+                None => (None, one),
+            };
+            if code.is_empty() {
+                return Err(format!("token {one:?} has no code"));
+            }
+            Ok(TokenParam { system, code: code.to_string() })
+        })
+        .collect()
+}
+
+/// Builds the query from `(name, value)` pairs; unknown parameters are refused (a FHIR server
+/// that ignored them would answer more than was asked).
+pub fn parse(resource_type: &str, params: &[(String, String)]) -> Result<ResourceQuery, String> {
+    let mut query = ResourceQuery {
+        resource_type: resource_type.into(),
+        patient_id: String::new(),
+        codes: Vec::new(),
+        categories: Vec::new(),
+        dates: Vec::new(),
+        newest_first: false,
+        count: DEFAULT_COUNT,
+        offset: 0,
+    };
+    let mut patient = None;
+    for (name, value) in params {
+        match name.as_str() {
+            "patient" | "subject" => {
+                let id = value.strip_prefix("Patient/").unwrap_or(value);
+                if !crate::connect::is_fhir_id(id) {
+                    return Err("patient must be Patient/<id>".into());
+                }
+                patient = Some(id.to_string());
+            }
+            "code" => query.codes.push(token_param(value)?),
+            "category" if resource_type == "Observation" => query.categories.push(token_param(value)?),
+            "date" => query.dates.extend(date_param(value)?),
+            "_count" => {
+                query.count = value.parse::<i64>().map_err(|_| "_count must be a number")?.clamp(0, MAX_COUNT);
+            }
+            "_offset" => query.offset = value.parse::<i64>().map_err(|_| "_offset must be a number")?.max(0),
+            "_sort" => {
+                query.newest_first = match value.as_str() {
+                    "date" => false,
+                    "-date" => true,
+                    _ => return Err("_sort supports date and -date".into()),
+                }
+            }
+            "_format" => {}
+            other => return Err(format!("unsupported search parameter {other}")),
+        }
+    }
+    query.patient_id = patient.ok_or("search by patient: ?patient=Patient/<id>")?;
+    Ok(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_stand_for_their_precision() {
+        let (lo, hi) = date_bounds("2026-03-14").unwrap();
+        assert_eq!(hi - lo, 86_400_000);
+        assert_eq!(date_bounds("2026-12").unwrap().1, date_bounds("2027").unwrap().0);
+        let (at, _) = date_bounds("2026-03-14T08:02:11+01:00").unwrap();
+        assert_eq!(at, date_bounds("2026-03-14T07:02:11Z").unwrap().0);
+        assert!(date_bounds("14.03.2026").is_none());
+    }
+
+    #[test]
+    fn prefixes_compare_ranges() {
+        let (lo, hi) = date_bounds("2026-03-14").unwrap();
+        assert_eq!(date_param("ge2026-03-14").unwrap(), vec![DateBound::EndsAtOrAfter(lo)]);
+        assert_eq!(date_param("lt2026-03-14").unwrap(), vec![DateBound::StartsBefore(lo)]);
+        assert_eq!(date_param("2026-03-14").unwrap(), vec![DateBound::EndsAtOrAfter(lo), DateBound::StartsBefore(hi)]);
+        assert!(date_param("geyesterday").is_err());
+    }
+
+    #[test]
+    fn tokens_and_unknown_parameters() {
+        let t = token_param("http://loinc.org|55411-3,8867-4").unwrap();
+        assert_eq!(t[0].system.as_deref(), Some("http://loinc.org"));
+        assert_eq!(t[1].system, None);
+        let params = vec![("patient".to_string(), "Patient/p1".to_string()), ("value-quantity".into(), "1".into())];
+        assert!(parse("Observation", &params).is_err());
+        assert!(parse("Observation", &params[..1]).is_ok());
+    }
+}

@@ -1,0 +1,231 @@
+//! Backfills, resyncs and reconciliation passes: walk a connection's streams over a time range,
+//! page by page, writing what changed. Progress (stream, page cursor, items done in the page) is
+//! stored with the job after every page, so a worker that dies is followed by one that resumes
+//! there, not at the beginning.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use super::session::{CallError, Session};
+use super::writer::{self, Written};
+use super::{int, next_reconcile, reconcile_job};
+use crate::fhir::ResourceDraft;
+use crate::providers::data::TimeRange;
+use crate::store::sync::{Job, JobOutcome, SyncUpdate};
+use crate::store::Lease;
+use crate::time::now_ms;
+use crate::Services;
+
+/// The project setting: how many days a backfill reaches back.
+pub const BACKFILL_DAYS_SETTING: &str = "WEARABLE_BACKFILL_DAYS";
+pub const DEFAULT_BACKFILL_DAYS: i64 = 30;
+pub const MAX_BACKFILL_DAYS: i64 = 365;
+const DAY_MS: i64 = 86_400_000;
+
+/// Runs the job until it is done, parked or failed; false when its lease was lost on the way.
+pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Result<bool> {
+    let Some(endpoint_id) = job.endpoint_id.as_deref() else {
+        return complete(services, &lease, job, JobOutcome::Done).await;
+    };
+    let mut session = match Session::open(services, endpoint_id, true).await {
+        Ok(Some(session)) => session,
+        // Gone, off, broken, or a provider without data: nothing to fetch.
+        Ok(None) => return complete(services, &lease, job, JobOutcome::Done).await,
+        Err(e) => return failed(services, &lease, job, &job.payload, e).await,
+    };
+    let mode = job.payload.get("mode").and_then(Value::as_str).unwrap_or("backfill").to_string();
+    let mut payload = job.payload.clone();
+    if payload.get("range").is_none() {
+        let range = first_range(services, job, &mode).await?;
+        payload["range"] = json!(range);
+        if mode != "reconcile" {
+            let update =
+                SyncUpdate { backfill_range: Some((range.from, range.to)), error: Some(None), ..Default::default() };
+            services.store.update_sync_status(&job.project_id, endpoint_id, &update, now_ms()).await?;
+        }
+    }
+    let range: TimeRange =
+        serde_json::from_value(payload["range"].clone()).map_err(|e| crate::Error::Invalid(e.to_string()))?;
+    let streams = session.source().streams();
+    loop {
+        let stream_index = int(&payload, "/stream").unwrap_or(0) as usize;
+        let Some(stream) = streams.get(stream_index) else { break };
+        if !session.still_active().await.map_err(internal)? {
+            return Ok(complete(services, &lease, job, JobOutcome::Done).await.unwrap_or(true));
+        }
+        let reach = session.source().reach_days(stream).map(|d| now_ms() - d * DAY_MS);
+        let clipped = TimeRange { from: range.from.max(reach.unwrap_or(i64::MIN)), to: range.to };
+        let page = match session.list(stream, clipped, payload.get("cursor").filter(|c| !c.is_null())).await {
+            Ok(page) => page,
+            Err(e) => return failed(services, &lease, job, &payload, e).await,
+        };
+        let skip = int(&payload, "/skip").unwrap_or(0) as usize;
+        let mut drafts: Vec<ResourceDraft> = Vec::new();
+        let mut done = 0;
+        for item in page.items.iter().skip(skip) {
+            let data = match &item.data {
+                Some(data) => Some(data.clone()),
+                None => match session.fetch(&item.object).await {
+                    Ok(data) => data,
+                    Err(e) => {
+                        // Keep what this page already fetched, and where it stopped.
+                        let written = flush(services, &session, job, &mut payload, drafts, done).await?;
+                        payload["skip"] = json!(skip as i64 + done);
+                        count_found(&mut payload, &mode, &written);
+                        return failed(services, &lease, job, &payload, e).await;
+                    }
+                },
+            };
+            done += 1;
+            let Some(data) = data else { continue };
+            match session.source().map(&session.context, &item.object, &data) {
+                Ok(mapped) => drafts.extend(mapped),
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint_id, kind = %item.object.kind, error = %e, "skipped data that does not map")
+                }
+            }
+        }
+        let written = flush(services, &session, job, &mut payload, drafts, done).await?;
+        count_found(&mut payload, &mode, &written);
+        payload["skip"] = json!(0);
+        match page.next {
+            Some(next) => payload["cursor"] = next,
+            None => {
+                payload["stream"] = json!(stream_index + 1);
+                payload["cursor"] = Value::Null;
+            }
+        }
+        let now = now_ms();
+        lease = Lease { owner: lease.owner.clone(), now, until: now + services.config.sync.lease.as_millis() as i64 };
+        if !services.store.checkpoint_job(&lease, &job.id, &payload).await? {
+            return Ok(false);
+        }
+    }
+    finished(services, &lease, job, &session, &mode, &payload).await
+}
+
+/// Writes a page's drafts and counts the items done.
+async fn flush(
+    services: &Services,
+    session: &Session<'_>,
+    job: &Job,
+    payload: &mut Value,
+    drafts: Vec<ResourceDraft>,
+    items_done: i64,
+) -> crate::Result<Written> {
+    let written = writer::write(services, &session.context, drafts).await?;
+    if items_done > 0 || !written.changed.is_empty() {
+        let update = SyncUpdate {
+            backfill_done_add: if job.payload.get("mode").and_then(Value::as_str) == Some("reconcile") {
+                0
+            } else {
+                items_done
+            },
+            synced_at: Some(now_ms()),
+            ..Default::default()
+        };
+        services.store.update_sync_status(&job.project_id, &session.connection.endpoint_id, &update, now_ms()).await?;
+    }
+    let _ = payload;
+    Ok(written)
+}
+
+fn count_found(payload: &mut Value, mode: &str, written: &Written) {
+    if mode == "reconcile" {
+        payload["found"] = json!(int(payload, "/found").unwrap_or(0) + written.created as i64);
+    }
+}
+
+async fn finished(
+    services: &Services,
+    lease: &Lease,
+    job: &Job,
+    session: &Session<'_>,
+    mode: &str,
+    payload: &Value,
+) -> crate::Result<bool> {
+    let now = now_ms();
+    let c = &session.connection;
+    if mode == "reconcile" {
+        let found = int(payload, "/found").unwrap_or(0);
+        if found > 0 {
+            services.sync_counters.reconcile_found.fetch_add(found as u64, Ordering::Relaxed);
+            tracing::warn!(provider = %c.provider, found, "reconciliation found data no webhook announced (check the webhook subscription)");
+        } else {
+            tracing::info!(provider = %c.provider, "reconciliation found nothing missed");
+        }
+        // The pass is recurring: it parks itself until the next one.
+        let next = JobOutcome::Park {
+            due_at: next_reconcile(services, now),
+            payload: json!({ "mode": "reconcile" }),
+            note: None,
+        };
+        return complete(services, lease, job, next).await;
+    }
+    let update = SyncUpdate { synced_at: Some(now), error: Some(None), ..Default::default() };
+    services.store.update_sync_status(&job.project_id, &c.endpoint_id, &update, now).await?;
+    services.store.enqueue_jobs(&[reconcile_job(services, &job.project_id, &c.endpoint_id, now)]).await?;
+    tracing::info!(provider = %c.provider, endpoint = %c.endpoint_id, mode, "backfill finished");
+    complete(services, lease, job, JobOutcome::Done).await
+}
+
+/// The range a new job covers: the project's backfill days before the job was queued, the
+/// reconciliation window before now, or the resync's own range.
+async fn first_range(services: &Services, job: &Job, mode: &str) -> crate::Result<TimeRange> {
+    let now = now_ms();
+    if mode == "reconcile" {
+        return Ok(TimeRange { from: now - services.config.sync.reconcile_window.as_millis() as i64, to: now });
+    }
+    let settings = crate::projects::stored_settings(services, &job.project_id).await?;
+    let days = settings
+        .iter()
+        .find(|(k, _)| k == BACKFILL_DAYS_SETTING)
+        .and_then(|(_, v)| v.as_i64())
+        .unwrap_or(DEFAULT_BACKFILL_DAYS)
+        .clamp(1, MAX_BACKFILL_DAYS);
+    Ok(TimeRange { from: job.created_at - days * DAY_MS, to: now.max(job.created_at) + 60_000 })
+}
+
+fn internal(e: CallError) -> crate::Error {
+    match e {
+        CallError::Internal(e) => e,
+        other => crate::Error::Upstream(other.to_string()),
+    }
+}
+
+/// A call that did not answer: parked (no failure), stopped (the connection is unusable; its jobs
+/// are gone), or a failed attempt retried with backoff until the job is given up.
+async fn failed(services: &Services, lease: &Lease, job: &Job, payload: &Value, e: CallError) -> crate::Result<bool> {
+    let now = now_ms();
+    let outcome = match e {
+        CallError::Parked(until) => {
+            JobOutcome::Park { due_at: until.max(now + 1), payload: payload.clone(), note: Some("rate limited".into()) }
+        }
+        CallError::Stopped(_) => JobOutcome::Done,
+        e => {
+            let attempts = job.attempts + 1;
+            let error = e.to_string();
+            tracing::warn!(job = %job.id, attempts, error = %error, "sync job attempt failed");
+            if let Some(endpoint) = &job.endpoint_id {
+                let update = SyncUpdate { error: Some(Some(error.clone())), ..Default::default() };
+                services.store.update_sync_status(&job.project_id, endpoint, &update, now).await?;
+            }
+            if attempts >= services.config.sync.max_attempts {
+                JobOutcome::Done
+            } else {
+                // Keep the progress made: the retry resumes from it.
+                services.store.checkpoint_job(lease, &job.id, payload).await?;
+                JobOutcome::Retry {
+                    due_at: now + services.config.refresh.backoff_after(attempts).as_millis() as i64,
+                    error,
+                }
+            }
+        }
+    };
+    complete(services, lease, job, outcome).await
+}
+
+async fn complete(services: &Services, lease: &Lease, job: &Job, outcome: JobOutcome) -> crate::Result<bool> {
+    Ok(services.store.complete_job(lease, &job.id, &outcome).await?)
+}

@@ -1,0 +1,223 @@
+//! Data sync, provider-neutral: backfill on connect, webhook events, resyncs and reconciliation
+//! passes, all as jobs of the one work queue (`store::JobStore`), each claimed by one worker
+//! under a lease and completed only while that lease holds. Providers describe their data API
+//! through `providers::DataSource`; mapping to FHIR is theirs, writing is `writer`'s.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::store::sync::{Job, NewJob};
+use crate::store::{Lease, WebhookEvent};
+use crate::time::now_ms;
+use crate::Services;
+
+mod backfill;
+mod events;
+mod session;
+pub mod status;
+mod writer;
+
+pub use status::{request_resync, SyncView};
+
+/// Job kinds of the queue.
+pub const WEBHOOK_EVENT: &str = "webhook_event";
+pub const BACKFILL: &str = "backfill";
+pub const RECONCILE: &str = "reconcile";
+/// What this worker runs, in priority order (see `priority`).
+const KINDS: &[&str] = &[WEBHOOK_EVENT, BACKFILL, RECONCILE];
+
+/// Fresh data first: a webhook's event before a resync, a resync before a backfill.
+const PRIORITY_EVENT: i64 = 0;
+const PRIORITY_RESYNC: i64 = 5;
+const PRIORITY_BACKFILL: i64 = 10;
+const PRIORITY_RECONCILE: i64 = 20;
+
+/// How syncing behaves; from config.
+#[derive(Clone, Debug)]
+pub struct SyncPolicy {
+    /// How long a worker holds a job before another may take it (extended at each checkpoint).
+    pub lease: Duration,
+    /// Jobs run at once per instance.
+    pub concurrency: usize,
+    /// How often the worker looks for due jobs when nothing woke it.
+    pub poll: Duration,
+    /// Per connection, how often the reconciliation pass runs (jittered ±10 %).
+    pub reconcile_every: Duration,
+    /// How far back the reconciliation pass looks.
+    pub reconcile_window: Duration,
+    /// The share of each rate-limit window background work (backfills, reconciliation) may use;
+    /// the rest is kept for webhook-driven syncs.
+    pub background_share_percent: i64,
+    /// Failed attempts before a job (or event) is given up.
+    pub max_attempts: i64,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(120),
+            concurrency: 8,
+            poll: Duration::from_secs(1),
+            reconcile_every: Duration::from_secs(6 * 3600),
+            reconcile_window: Duration::from_secs(48 * 3600),
+            background_share_percent: 90,
+            max_attempts: 8,
+        }
+    }
+}
+
+/// Counters an operator (and a test) can read.
+#[derive(Debug, Default)]
+pub struct SyncCounters {
+    /// Completions refused because another worker had taken the job over.
+    pub lost_leases: AtomicU64,
+    /// Resources the reconciliation pass created: data whose webhook never came.
+    pub reconcile_found: AtomicU64,
+    pub resources_written: AtomicU64,
+}
+
+/// The backfill a connection gets when it is saved (connect or reconnect).
+pub fn backfill_job(project_id: &str, endpoint_id: &str, now: i64) -> NewJob {
+    NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: BACKFILL.into(),
+        project_id: project_id.into(),
+        endpoint_id: Some(endpoint_id.into()),
+        unique_key: Some(format!("backfill:{endpoint_id}")),
+        payload: json!({}),
+        priority: PRIORITY_BACKFILL,
+        due_at: now,
+    }
+}
+
+/// The job that processes a received webhook event.
+pub fn event_job(event: &WebhookEvent) -> NewJob {
+    NewJob {
+        id: format!("event-{}", event.id),
+        kind: WEBHOOK_EVENT.into(),
+        project_id: event.project_id.clone(),
+        endpoint_id: event.endpoint_id.clone(),
+        unique_key: Some(event.id.clone()),
+        payload: json!({}),
+        priority: PRIORITY_EVENT,
+        due_at: event.next_attempt_at,
+    }
+}
+
+/// A resync of `[from, to)`; the same range asked twice while queued is one job.
+fn resync_job(project_id: &str, endpoint_id: &str, from: i64, to: i64, now: i64) -> NewJob {
+    NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: BACKFILL.into(),
+        project_id: project_id.into(),
+        endpoint_id: Some(endpoint_id.into()),
+        unique_key: Some(format!("resync:{endpoint_id}:{from}:{to}")),
+        payload: json!({ "mode": "resync", "range": { "from": from, "to": to } }),
+        priority: PRIORITY_RESYNC,
+        due_at: now,
+    }
+}
+
+/// The connection's recurring reconciliation pass, first due `after` from now (jittered).
+fn reconcile_job(services: &Services, project_id: &str, endpoint_id: &str, now: i64) -> NewJob {
+    NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: RECONCILE.into(),
+        project_id: project_id.into(),
+        endpoint_id: Some(endpoint_id.into()),
+        unique_key: Some(format!("reconcile:{endpoint_id}")),
+        payload: json!({ "mode": "reconcile" }),
+        priority: PRIORITY_RECONCILE,
+        due_at: next_reconcile(services, now),
+    }
+}
+
+/// `now` + the reconcile interval ± 10 %, so passes of connections made together spread out.
+fn next_reconcile(services: &Services, now: i64) -> i64 {
+    let every = services.config.sync.reconcile_every.as_millis() as i64;
+    let jitter = (every / 10).max(1);
+    now + every + rand::Rng::gen_range(&mut rand::thread_rng(), -jitter..=jitter)
+}
+
+fn lease(services: &Services, now: i64) -> Lease {
+    Lease { owner: services.instance_id.clone(), now, until: now + services.config.sync.lease.as_millis() as i64 }
+}
+
+/// Runs one claimed job to its end; the job completes itself (fenced on its lease).
+async fn run(services: Arc<Services>, job: Job, lease: Lease) {
+    let outcome = match job.kind.as_str() {
+        WEBHOOK_EVENT => events::process(&services, &job, &lease).await,
+        _ => backfill::run(&services, &job, lease.clone()).await,
+    };
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => {
+            services.sync_counters.lost_leases.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(job = %job.id, kind = %job.kind, "job finished after its lease was lost; another worker's outcome stands");
+        }
+        Err(e) => tracing::warn!(job = %job.id, kind = %job.kind, error = %e, "job failed; its lease will run out"),
+    }
+}
+
+/// Claims and runs due jobs until none is left; answers how many ran. Tests call it directly.
+/// `now` is the claim's clock: a test moves it on to see leases run out and retries come due.
+pub async fn run_due(services: &Arc<Services>, now: i64) -> crate::Result<usize> {
+    run_due_of(services, now, KINDS).await
+}
+
+/// `run_due` for jobs of these kinds only.
+pub async fn run_due_of(services: &Arc<Services>, now: i64, kinds: &[&str]) -> crate::Result<usize> {
+    let mut ran = 0;
+    loop {
+        let lease = lease(services, now);
+        let jobs = services.store.claim_jobs(kinds, &lease, services.config.sync.concurrency as i64).await?;
+        if jobs.is_empty() {
+            return Ok(ran);
+        }
+        ran += jobs.len();
+        let tasks: Vec<_> = jobs.into_iter().map(|job| run(Arc::clone(services), job, lease.clone())).collect();
+        futures::future::join_all(tasks).await;
+    }
+}
+
+/// The worker: keeps up to `concurrency` jobs running, claims as slots free up, wakes on
+/// `Services::sync_wake` (a webhook just stored here) or every `poll`.
+pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
+    let services = Arc::clone(services);
+    tokio::spawn(async move {
+        let mut running = tokio::task::JoinSet::new();
+        let concurrency = services.config.sync.concurrency.max(1);
+        loop {
+            let free = concurrency - running.len();
+            let mut claimed = 0;
+            if free > 0 {
+                let lease = lease(&services, now_ms());
+                match services.store.claim_jobs(KINDS, &lease, free as i64).await {
+                    Ok(jobs) => {
+                        claimed = jobs.len();
+                        for job in jobs {
+                            running.spawn(run(Arc::clone(&services), job, lease.clone()));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming sync jobs failed"),
+                }
+            }
+            if claimed > 0 && running.len() < concurrency {
+                continue;
+            }
+            tokio::select! {
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = services.sync_wake.notified() => {}
+                _ = tokio::time::sleep(services.config.sync.poll) => {}
+            }
+        }
+    })
+}
+
+/// The payload's field as an i64.
+fn int(payload: &Value, pointer: &str) -> Option<i64> {
+    payload.pointer(pointer).and_then(Value::as_i64)
+}
