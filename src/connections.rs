@@ -158,7 +158,7 @@ pub struct RefreshReport {
 }
 
 fn lease(services: &Services, now: i64) -> Lease {
-    Lease { owner: services.instance_id.clone(), now, until: now + services.config.refresh.lease.as_millis() as i64 }
+    Lease { owner: services.claimer(), now, until: now + services.config.refresh.lease.as_millis() as i64 }
 }
 
 /// One pass of the refresher at time `now`: claims what is due, batch by batch, and refreshes it.

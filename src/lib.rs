@@ -74,6 +74,12 @@ impl Services {
         }))
     }
 
+    /// A name for one claim of this process (a refresh, a batch of jobs): two claimers in the same
+    /// process must not pass for each other, or a fence on the lease owner would let both through.
+    pub fn claimer(&self) -> String {
+        format!("{}/{}", self.instance_id, uuid::Uuid::new_v4().simple())
+    }
+
     /// Runs `pass` every `every` until the process ends; a pass that overruns delays the next.
     pub fn spawn_every<F, Fut>(self: &Arc<Self>, every: std::time::Duration, pass: F) -> tokio::task::JoinHandle<()>
     where

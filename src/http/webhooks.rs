@@ -55,7 +55,7 @@ pub struct SubscriptionResponse {
 #[serde(rename_all = "camelCase")]
 pub struct EventsQuery {
     pub patient_id: Option<String>,
-    /// `received`, `pending_sync`, `done`, `ignored` or `dead`.
+    /// `received`, `synced`, `done`, `ignored` or `dead`.
     pub state: Option<String>,
 }
 
@@ -76,6 +76,21 @@ pub struct EventInfo {
     pub received_at: i64,
     /// Epoch milliseconds.
     pub processed_at: Option<i64>,
+    /// What the provider sent the event about (Strava `object_type`, `object_id`, `aspect_type`;
+    /// Polar `entity_id`, `url`, `date`).
+    #[schema(value_type = Object)]
+    pub object: serde_json::Value,
+    /// The FHIR resources (`Type/id`) a `synced` event wrote.
+    pub synced_refs: Option<Vec<String>>,
+}
+
+/// The fields of a provider's event that say what it is about.
+fn event_object(payload: &str) -> serde_json::Value {
+    const FIELDS: &[&str] = &["object_type", "object_id", "aspect_type", "entity_id", "url", "date"];
+    let parsed: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+    let picked: serde_json::Map<String, serde_json::Value> =
+        FIELDS.iter().filter_map(|f| parsed.get(*f).map(|v| (f.to_string(), v.clone()))).collect();
+    serde_json::Value::Object(picked)
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -184,6 +199,8 @@ pub async fn list_events(
             last_error: e.last_error,
             received_at: e.received_at,
             processed_at: e.processed_at,
+            object: event_object(&e.payload),
+            synced_refs: e.synced_refs,
         })
         .collect();
     Ok(Json(EventsResponse { events }))

@@ -96,7 +96,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                 payload["cursor"] = Value::Null;
             }
         }
-        let now = now_ms();
+        let now = now_ms().max(lease.now);
         lease = Lease { owner: lease.owner.clone(), now, until: now + services.config.sync.lease.as_millis() as i64 };
         if !services.store.checkpoint_job(&lease, &job.id, &payload).await? {
             return Ok(false);
@@ -145,7 +145,8 @@ async fn finished(
     mode: &str,
     payload: &Value,
 ) -> crate::Result<bool> {
-    let now = now_ms();
+    // The claim's clock, when it runs ahead (tests move it): the next pass must come after it.
+    let now = now_ms().max(lease.now);
     let c = &session.connection;
     if mode == "reconcile" {
         let found = int(payload, "/found").unwrap_or(0);
@@ -197,7 +198,8 @@ fn internal(e: CallError) -> crate::Error {
 /// A call that did not answer: parked (no failure), stopped (the connection is unusable; its jobs
 /// are gone), or a failed attempt retried with backoff until the job is given up.
 async fn failed(services: &Services, lease: &Lease, job: &Job, payload: &Value, e: CallError) -> crate::Result<bool> {
-    let now = now_ms();
+    // The claim's clock when it runs ahead (tests move it), so a retry is not due at once.
+    let now = now_ms().max(lease.now);
     let outcome = match e {
         CallError::Parked(until) => {
             JobOutcome::Park { due_at: until.max(now + 1), payload: payload.clone(), note: Some("rate limited".into()) }

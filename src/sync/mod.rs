@@ -143,7 +143,7 @@ fn next_reconcile(services: &Services, now: i64) -> i64 {
 }
 
 fn lease(services: &Services, now: i64) -> Lease {
-    Lease { owner: services.instance_id.clone(), now, until: now + services.config.sync.lease.as_millis() as i64 }
+    Lease { owner: services.claimer(), now, until: now + services.config.sync.lease.as_millis() as i64 }
 }
 
 /// Runs one claimed job to its end; the job completes itself (fenced on its lease).

@@ -106,8 +106,8 @@ pub fn search_index(body: &Value) -> SearchIndex {
 fn clinical_range(body: &Value) -> (Option<i64>, Option<i64>) {
     for prefix in ["effective", "performed"] {
         if let Some(period) = body.get(format!("{prefix}Period")) {
-            let start = period.get("start").and_then(Value::as_str).and_then(|s| crate::fhir::search::date_bounds(s));
-            let end = period.get("end").and_then(Value::as_str).and_then(|s| crate::fhir::search::date_bounds(s));
+            let start = period.get("start").and_then(Value::as_str).and_then(crate::fhir::search::date_bounds);
+            let end = period.get("end").and_then(Value::as_str).and_then(crate::fhir::search::date_bounds);
             return (start.map(|(lo, _)| lo), end.map(|(_, hi)| hi - 1).or(start.map(|(_, hi)| hi - 1)));
         }
         if let Some(at) = body.get(format!("{prefix}DateTime")).and_then(Value::as_str) {

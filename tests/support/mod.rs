@@ -159,6 +159,8 @@ pub struct Options {
     pub cache_ttl: Duration,
     /// How long a request may take before its 503 `timeout`.
     pub request_timeout: Duration,
+    /// Any other change to the configuration (sync policy, rate windows, …).
+    pub tweak: fn(&mut Config),
 }
 
 impl Default for Options {
@@ -170,6 +172,7 @@ impl Default for Options {
             acquire_timeout: Duration::from_secs(2),
             cache_ttl: wearlink::cache::DEFAULT_TTL,
             request_timeout: Duration::from_secs(30),
+            tweak: |_| {},
         }
     }
 }
@@ -225,6 +228,14 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, options: Options) -> Self {
+        // Logs of the code under test, shown for failing tests (RUST_LOG to choose).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wearlink=info".into()),
+            )
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
         let stand_in = StandIn::start().await;
         let db = Arc::new(TestDatabase::create(backend).await);
         let env: Vec<(String, String)> = stand_in.provider_env();
@@ -247,6 +258,7 @@ impl TestApp {
         config.cache_ttl = options.cache_ttl;
         config.request_timeout = options.request_timeout;
         config.pool.acquire_timeout = options.acquire_timeout;
+        (options.tweak)(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         config.base_url = wearlink::config::base_url_for(listener.local_addr().unwrap());
         let (base, services) = serve(config, listener).await;
@@ -260,6 +272,11 @@ impl TestApp {
     pub async fn second_instance(&self) -> (String, Arc<Services>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         serve(self.services.config.clone(), listener).await
+    }
+
+    /// Runs the sync worker's due jobs now (the test app starts no background worker).
+    pub async fn sync(&self) -> usize {
+        wearlink::sync::run_due(&self.services, wearlink::time::now_ms()).await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

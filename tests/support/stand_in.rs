@@ -161,6 +161,12 @@ impl StandIn {
         self.inner.lock().unwrap().refreshes.get(&user).copied().unwrap_or(0)
     }
 
+    /// The user's current access token expires now: data calls with it answer 401 (a refresh
+    /// issues a new one).
+    pub fn expire_access_token(&self, user: u64) {
+        self.inner.lock().unwrap().latest_access.remove(&user);
+    }
+
     pub fn total_refreshes(&self) -> u32 {
         self.inner.lock().unwrap().refreshes.values().sum()
     }

@@ -33,11 +33,16 @@ fn day(ms: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%d").to_string()
 }
 
-/// Whether an entry's day (`date`, or the date part of `start_time`) is within the range.
+/// An entry's day: `date`, or the date part of `start_time` (daily summaries carry no `date`).
+fn entry_day(entry: &Value) -> Option<String> {
+    let text = entry.get("date").or_else(|| entry.get("start_time")).and_then(Value::as_str)?;
+    text.get(..10).map(String::from)
+}
+
+/// Whether an entry's day is within the range.
 fn in_range(entry: &Value, range: TimeRange) -> bool {
-    let day_text = entry.get("date").or_else(|| entry.get("start_time")).and_then(Value::as_str).unwrap_or_default();
-    let day_text = day_text.get(..10).unwrap_or_default();
-    (day(range.from).as_str()..=day(range.to).as_str()).contains(&day_text)
+    let Some(day_text) = entry_day(entry) else { return false };
+    (day(range.from)..=day(range.to)).contains(&day_text)
 }
 
 #[async_trait]
@@ -74,7 +79,7 @@ impl DataSource for Polar {
             .filter_map(|entry| {
                 let id = match kind {
                     EXERCISE => crate::providers::id_text(entry.get("id"))?,
-                    _ => entry.get("date")?.as_str()?.to_string(),
+                    _ => entry_day(&entry)?,
                 };
                 Some(Item { object: ObjectRef { kind: kind.into(), id, url: None }, data: Some(entry) })
             })
