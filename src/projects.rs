@@ -97,11 +97,16 @@ pub async fn authenticate(services: &Services, bearer: &str) -> Result<Principal
 enum SettingKind {
     Toggle,
     Value,
+    /// A whole number of days in 1..=365.
+    Days,
 }
 
 fn setting_kind(services: &Services, key: &str) -> Option<SettingKind> {
     if key == REDIRECT_ALLOWLIST {
         return Some(SettingKind::Value);
+    }
+    if key == crate::sync::BACKFILL_DAYS_SETTING {
+        return Some(SettingKind::Days);
     }
     services.providers.all().any(|p| enabled_setting(p.slug()) == key).then_some(SettingKind::Toggle)
 }
@@ -110,6 +115,7 @@ fn setting_kind(services: &Services, key: &str) -> Option<SettingKind> {
 pub async fn settings(services: &Services, principal: &Principal) -> Result<BTreeMap<String, Value>> {
     let mut map: BTreeMap<String, Value> =
         services.providers.all().map(|p| (enabled_setting(p.slug()), Value::Bool(false))).collect();
+    map.insert(crate::sync::BACKFILL_DAYS_SETTING.into(), Value::from(crate::sync::DEFAULT_BACKFILL_DAYS));
     for (key, value) in services.store.list_settings(&principal.project_id).await? {
         if setting_kind(services, &key).is_some() {
             map.insert(key, value);
@@ -121,7 +127,7 @@ pub async fn settings(services: &Services, principal: &Principal) -> Result<BTre
 /// What a setting is set to: `enabled` for a toggle, `value` for a valued setting.
 pub struct SettingChange {
     pub enabled: Option<bool>,
-    pub value: Option<String>,
+    pub value: Option<Value>,
 }
 
 /// Sets one setting; a toggle takes `enabled`, a valued setting `value`.
@@ -139,12 +145,24 @@ pub async fn put_setting(
             _ => return Err(Error::Invalid(format!("{key} takes {{\"enabled\": true|false}}"))),
         },
         SettingKind::Value => match change.value {
-            Some(s) => {
+            Some(Value::String(s)) => {
                 parse_allowlist(&s)?;
                 Value::String(s.trim().to_string())
             }
             _ => return Err(Error::Invalid(format!("{key} takes {{\"value\": \"...\"}}"))),
         },
+        SettingKind::Days => {
+            let max = crate::sync::MAX_BACKFILL_DAYS;
+            let days = match &change.value {
+                Some(Value::Number(n)) => n.as_i64(),
+                Some(Value::String(s)) => s.trim().parse().ok(),
+                _ => None,
+            };
+            match days {
+                Some(d) if (1..=max).contains(&d) => Value::from(d),
+                _ => return Err(Error::Invalid(format!("{key} takes {{\"value\": 1..{max}}} (days)"))),
+            }
+        }
     };
     services.store.put_setting(&principal.project_id, key, &value, now_ms()).await?;
     services.cache.forget_project(&principal.project_id);

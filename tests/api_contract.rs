@@ -157,7 +157,20 @@ async fn settings_toggle_providers_and_refuse_what_they_do_not_know(backend: Bac
     let (s, body) = app.get("/v1/project/settings").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["projectId"], app.project_id);
-    assert_eq!(body["settings"], json!({"WEARABLE_STRAVA_ENABLED": false, "WEARABLE_POLAR_ENABLED": false}));
+    assert_eq!(
+        body["settings"],
+        json!({"WEARABLE_STRAVA_ENABLED": false, "WEARABLE_POLAR_ENABLED": false, "WEARABLE_BACKFILL_DAYS": 30})
+    );
+
+    // How far a backfill reaches: 1 to 365 days.
+    let path = "/v1/project/settings/WEARABLE_BACKFILL_DAYS";
+    let (s, body) = app.send("PUT", path, Some(&admin), Some(json!({"value": 90}))).await;
+    assert_eq!((s, &body["settings"]["WEARABLE_BACKFILL_DAYS"]), (StatusCode::OK, &json!(90)));
+    for wrong in [json!({"value": 0}), json!({"value": 366}), json!({"value": "soon"}), json!({"enabled": true})] {
+        let (s, body) = app.send("PUT", path, Some(&admin), Some(wrong.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{wrong}");
+        assert_eq!(problem_code(&body, s), "validation_failed");
+    }
 
     let (s, body) = app
         .send("PUT", "/v1/project/settings/WEARABLE_STRAVA_ENABLED", Some(&admin), Some(json!({"enabled": true})))

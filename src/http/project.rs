@@ -24,11 +24,13 @@ pub struct SettingsResponse {
     pub settings: BTreeMap<String, Value>,
 }
 
-/// A toggle takes `{"enabled": bool}`; a valued setting takes `{"value": "..."}`.
+/// A toggle takes `{"enabled": bool}`; a valued setting takes `{"value": ...}` (the allowlist a
+/// string, `WEARABLE_BACKFILL_DAYS` a number of days).
 #[derive(Deserialize, ToSchema)]
 pub struct SettingBody {
     pub enabled: Option<bool>,
-    pub value: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, ToSchema)]

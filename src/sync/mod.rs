@@ -20,6 +20,7 @@ mod session;
 pub mod status;
 mod writer;
 
+pub use backfill::{BACKFILL_DAYS_SETTING, DEFAULT_BACKFILL_DAYS, MAX_BACKFILL_DAYS};
 pub use status::{request_resync, SyncView};
 
 /// Job kinds of the queue.
