@@ -509,40 +509,47 @@ pub async fn data_token(services: &Services, endpoint_id: &str) -> Result<Option
     Ok(Some((c, material.access_token)))
 }
 
-/// The provider refused `refused` (401): refreshes once under the lease, unless another worker
-/// already did; answers the new access token, or `None` when there is none to be had.
+/// The provider refused `refused` (401): answers the connection's current access token when
+/// another worker has renewed it since, else (with `may_refresh`) refreshes once under the lease;
+/// `None` when there is no other token to be had.
 pub async fn refresh_refused_token(
     services: &Services,
     endpoint_id: &str,
     refused: &SecretString,
+    may_refresh: bool,
 ) -> Result<Option<SecretString>> {
-    let current = |c: &ConnectionRecord| -> Result<Option<SecretString>> {
-        let (true, Some(sealed)) = (c.status == "active", &c.tokens) else {
-            return Ok(None);
+    let renewed = || async {
+        let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
+            return Ok::<_, Error>((None, None));
         };
-        let owner = endpoint_owner(&c.project_id, &c.endpoint_id);
-        Ok(Some(TokenMaterial::open(&services.keyring, sealed, &owner)?.access_token))
+        let (true, Some(sealed)) = (c.status == "active", &c.tokens) else {
+            return Ok((None, None));
+        };
+        let token = TokenMaterial::open(&services.keyring, sealed, &endpoint_owner(&c.project_id, &c.endpoint_id))?
+            .access_token;
+        let changed = token.expose_secret() != refused.expose_secret();
+        Ok((Some(c), changed.then_some(token)))
     };
     for _ in 0..50 {
-        let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
+        let (Some(c), token) = renewed().await? else {
             return Ok(None);
         };
-        match current(&c)? {
-            None => return Ok(None),
-            Some(token) if token.expose_secret() != refused.expose_secret() => return Ok(Some(token)),
-            Some(_) => {}
+        if token.is_some() {
+            return Ok(token);
         }
         let refreshable = services.providers.get(&c.provider).is_some_and(|p| p.supports_refresh());
-        if !refreshable || !c.has_refresh_token {
+        if !may_refresh || !refreshable || !c.has_refresh_token {
             return Ok(None);
         }
         let lease = lease(services, now_ms());
         if services.store.claim_refresh(&lease, endpoint_id).await? {
+            // Another worker may have renewed it between our read and our claim.
+            if let (_, Some(token)) = renewed().await? {
+                services.store.release_refresh(&lease, endpoint_id).await?;
+                return Ok(Some(token));
+            }
             refresh_claimed(services, &lease, endpoint_id, i64::MAX).await?;
-            let Some(c) = services.store.find_connection_by_endpoint(endpoint_id).await? else {
-                return Ok(None);
-            };
-            return Ok(current(&c)?.filter(|t| t.expose_secret() != refused.expose_secret()));
+            return Ok(renewed().await?.1);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

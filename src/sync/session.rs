@@ -81,7 +81,8 @@ impl<'s> Session<'s> {
 
     pub async fn list(&mut self, stream: &str, range: TimeRange, cursor: Option<&Value>) -> Result<Page, CallError> {
         let provider = Arc::clone(&self.provider);
-        for retried in [false, true] {
+        for attempt in 0..3 {
+            let retried = attempt > 0;
             self.reserve().await?;
             let api = self.api();
             let answer = provider.data().expect("checked at open").list(&api, stream, range, cursor).await;
@@ -92,12 +93,13 @@ impl<'s> Session<'s> {
                 None => continue,
             }
         }
-        unreachable!("the second attempt answers or fails")
+        Err(CallError::Stopped("the provider keeps refusing renewed tokens".into()))
     }
 
     pub async fn fetch(&mut self, object: &ObjectRef) -> Result<Option<Value>, CallError> {
         let provider = Arc::clone(&self.provider);
-        for retried in [false, true] {
+        for attempt in 0..3 {
+            let retried = attempt > 0;
             self.reserve().await?;
             let api = self.api();
             let answer = provider.data().expect("checked at open").fetch(&api, object).await;
@@ -108,7 +110,7 @@ impl<'s> Session<'s> {
                 None => continue,
             }
         }
-        unreachable!("the second attempt answers or fails")
+        Err(CallError::Stopped("the provider keeps refusing renewed tokens".into()))
     }
 
     fn api(&self) -> DataApi<'_> {
@@ -159,8 +161,10 @@ impl<'s> Session<'s> {
                 tracing::info!(provider = %c.provider, "rate limited by the provider; work parked until the window resets");
                 Err(CallError::Parked(until))
             }
-            Err(DataError::Unauthorized) if !retried => {
-                match connections::refresh_refused_token(self.services, &c.endpoint_id, &self.token).await? {
+            // Refused: a token another worker renewed meanwhile is tried; else one refresh, once.
+            Err(DataError::Unauthorized) => {
+                let endpoint = c.endpoint_id.clone();
+                match connections::refresh_refused_token(self.services, &endpoint, &self.token, !retried).await? {
                     Some(token) => {
                         self.token = token;
                         Ok(None)
@@ -168,7 +172,6 @@ impl<'s> Session<'s> {
                     None => self.stop().await,
                 }
             }
-            Err(DataError::Unauthorized) => self.stop().await,
             Err(e) => Err(e.into()),
         }
     }
