@@ -21,6 +21,7 @@ on_both_backends!(
     disconnecting_mid_backfill_stops_it_and_keeps_what_was_written,
     the_reconciliation_pass_finds_an_activity_whose_webhook_never_came,
     a_worker_whose_lease_ran_out_cannot_overwrite_the_one_that_took_over,
+    an_event_whose_fetch_keeps_failing_is_dead_lettered_and_can_be_replayed,
 );
 
 const DAY: i64 = 86_400;
@@ -472,4 +473,43 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_one_that_took_over(ba
     let (_, events) = app.get(&format!("/v1/wearables/events?patientId={patient}")).await;
     assert_eq!(events["events"][0]["state"], "synced", "{events}");
     assert_eq!(events["events"][0]["syncedRefs"], json!(["Procedure/x"]));
+}
+
+async fn an_event_whose_fetch_keeps_failing_is_dead_lettered_and_can_be_replayed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (patient, _, athlete) = strava_patient(&app).await;
+    app.sync().await;
+    let id = app.stand_in.add_strava_activity(athlete, strava_activity_json(88_888, now_ms() / 1000 - 600, "Run"));
+    deliver_strava(&app, &strava_event(athlete, id, "create", 1_764_064_600, json!({}))).await;
+    app.stand_in.set_strava_outage(Some(503));
+
+    // Retried with backoff (the claim clock moved on past each), then given up.
+    let events_only = [wearlink::sync::WEBHOOK_EVENT];
+    let mut at = now_ms();
+    for attempt in 1..=8 {
+        assert_eq!(wearlink::sync::run_due_of(&app.services, at, &events_only).await.unwrap(), 1, "attempt {attempt}");
+        let (_, events) = app.get(&format!("/v1/wearables/events?patientId={patient}")).await;
+        assert_eq!(events["events"][0]["attempts"], attempt, "{events}");
+        at += 2 * 3600 * 1000;
+    }
+    assert_eq!(
+        wearlink::sync::run_due_of(&app.services, at, &events_only).await.unwrap(),
+        0,
+        "a dead letter is not retried"
+    );
+    let (_, dead) = app.get("/v1/wearables/events?state=dead").await;
+    assert_eq!(dead["events"].as_array().unwrap().len(), 1, "{dead}");
+    assert!(dead["events"][0]["lastError"].as_str().unwrap().contains("503"), "{dead}");
+    assert_eq!(dead["events"][0]["object"]["object_id"], id);
+
+    // Strava is back; the admin replays it.
+    app.stand_in.set_strava_outage(None);
+    let admin = app.admin.clone();
+    let event_id = dead["events"][0]["id"].as_str().unwrap().to_string();
+    let (status, _) = app.send("POST", &format!("/v1/wearables/events/{event_id}/replay"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    app.sync().await;
+    let (_, events) = app.get(&format!("/v1/wearables/events?patientId={patient}")).await;
+    assert_eq!(events["events"][0]["state"], "synced", "{events}");
+    assert_eq!(search(&app, &format!("Procedure?patient=Patient/{patient}")).await["total"], 1);
 }

@@ -188,6 +188,8 @@ pub(crate) struct Data {
     polar_limits: PolarLimits,
     strava_log: Vec<ApiCall>,
     polar_log: Vec<ApiCall>,
+    /// Answer every Strava data request with this status (an outage).
+    strava_outage: Option<u16>,
 }
 
 impl Default for Data {
@@ -197,6 +199,7 @@ impl Default for Data {
             polar_exercises: HashMap::new(),
             polar_sleep: HashMap::new(),
             polar_daily: HashMap::new(),
+            strava_outage: None,
             strava_limits: StravaLimits {
                 short: DEFAULT_LIMIT,
                 daily: DEFAULT_LIMIT,
@@ -284,6 +287,11 @@ impl StandIn {
     pub fn strava_window_now(&self) -> u64 {
         let window = self.data.lock().unwrap().strava_limits.window;
         strava_window_index(window)
+    }
+
+    /// Every Strava data request answers `status` (e.g. 503) until set back to `None`.
+    pub fn set_strava_outage(&self, status: Option<u16>) {
+        self.data.lock().unwrap().strava_outage = status;
     }
 
     pub fn strava_api_log(&self) -> ApiLog {
@@ -548,8 +556,9 @@ async fn strava_limits(State(s): State<StandIn>, matched: MatchedPath, request: 
     let method = request.method().to_string();
     let route = matched.as_str().trim_start_matches(STRAVA_PREFIX).to_string();
     // Every endpoint here is a read ("non-upload"); it counts towards both limits.
-    let (over, headers, window) = {
+    let (over, headers, window, outage) = {
         let mut data = s.data.lock().unwrap();
+        let outage = data.strava_outage;
         let l = &mut data.strava_limits;
         let window = strava_window_index(l.window);
         let day = strava_day_index();
@@ -575,10 +584,12 @@ async fn strava_limits(State(s): State<StandIn>, matched: MatchedPath, request: 
                 ("x-readratelimit-usage", format!("{},{}", l.short_usage.2, l.daily_usage.2)),
             ]
         });
-        (over, headers, window)
+        (over, headers, window, outage)
     };
     let mut response = if over {
         strava_error(StatusCode::TOO_MANY_REQUESTS, "Rate Limit Exceeded", "Application", "rate limit", "exceeded")
+    } else if let Some(status) = outage {
+        (StatusCode::from_u16(status).unwrap(), Json(json!({"message": "Server Error", "errors": []}))).into_response()
     } else {
         next.run(request).await
     };
