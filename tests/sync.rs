@@ -350,10 +350,15 @@ async fn an_instance_killed_mid_backfill_is_taken_over_from_its_cursor(backend: 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     a.abort();
+    let _ = a.await;
     let fetched_by_a = app.stand_in.strava_api_log().to("/activities/{id}");
 
-    // Instance B takes it over once A's lease has run out, from A's cursor.
-    let (_, b) = app.second_instance().await;
+    // B takes it over once A's lease has run out, from A's cursor: another instance on PostgreSQL;
+    // on SQLite (one instance per database file) the process that restarted in A's place.
+    let b = match backend {
+        Backend::Postgres => app.second_instance().await.1,
+        Backend::Sqlite => std::sync::Arc::clone(&app.services),
+    };
     tokio::time::sleep(Duration::from_millis(1100)).await;
     wearlink::sync::run_due(&b, now_ms()).await.unwrap();
     assert_eq!(search(&app, &format!("Procedure?patient=Patient/{patient}")).await["total"], 250, "all, once each");

@@ -78,9 +78,22 @@ impl SqliteStore {
     /// Waits (in arrival order) for the writing connection, at most the acquire timeout. A
     /// transaction dropped half-way queues its rollback on the connection before the next use.
     async fn writer(&self) -> StoreResult<MutexGuard<'_, SqliteConnection>> {
-        tokio::time::timeout(self.acquire_timeout, self.writer.lock())
+        let mut writer = tokio::time::timeout(self.acquire_timeout, self.writer.lock())
             .await
-            .map_err(|_| StoreError::Unavailable("timed out waiting for the database writer".into()))
+            .map_err(|_| StoreError::Unavailable("timed out waiting for the database writer".into()))?;
+        if writer.is_in_transaction() {
+            // The last holder was cancelled inside a transaction (a request timeout, a stopped
+            // worker). Either its rollback is queued on the connection's thread but has not run
+            // yet (a statement queued behind it waits for it), or it was cancelled between
+            // sqlx's BEGIN and the `Transaction` that would roll it back: roll back here, or the
+            // connection would keep that transaction open and every later BEGIN would fail.
+            sqlx::query("SELECT 1").execute(&mut *writer).await?;
+            if writer.is_in_transaction() {
+                tracing::warn!("rolling back a transaction left open by a cancelled write");
+                <sqlx::sqlite::SqliteTransactionManager as sqlx::TransactionManager>::rollback(&mut writer).await?;
+            }
+        }
+        Ok(writer)
     }
 }
 
