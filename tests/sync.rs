@@ -306,9 +306,13 @@ async fn a_spent_rate_limit_parks_the_backfill_and_fresh_data_still_goes_first(b
     app.sync().await;
     let written = search(&app, &format!("Procedure?patient=Patient/{patient}")).await["total"].as_i64().unwrap();
     assert!(written > 0 && written < 60, "{written}");
+    let parked_in = app.stand_in.strava_api_log().0.last().unwrap().window;
     let sync = sync_of(&app, &endpoint).await;
-    assert_eq!(sync["state"], "paused", "{sync}");
-    assert!(sync["rateLimitedUntil"].as_i64().unwrap() > now_ms());
+    if app.stand_in.strava_window_now() == parked_in {
+        // (On a busy machine the short window may already have ended; then it is backfilling again.)
+        assert_eq!(sync["state"], "paused", "{sync}");
+        assert!(sync["rateLimitedUntil"].as_i64().unwrap() > now_ms());
+    }
 
     // A webhook's activity goes through on the headroom kept for it.
     let fresh = app.stand_in.add_strava_activity(athlete, strava_activity_json(99_999, now_ms() / 1000 - 600, "Swim"));
