@@ -49,6 +49,8 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// Leases, concurrency, reconciliation and rate-limit share of data sync.
     pub sync: crate::sync::SyncPolicy,
+    /// Where outbound events may go, and their retry schedule.
+    pub outbound: crate::events::OutboundPolicy,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             refresh: RefreshPolicy::default(),
             refresh_interval: Duration::from_secs(60),
             sync: crate::sync::SyncPolicy::default(),
+            outbound: crate::events::OutboundPolicy::default(),
         }
     }
 
@@ -117,6 +120,29 @@ impl Config {
                 reason: "must be 1-100".into(),
             });
         }
+        config.outbound.allow_loopback =
+            var("WEARLINK_ALLOW_LOOPBACK_TARGETS").is_some_and(|v| v == "1" || v == "true");
+        if let Some(raw) = var("WEARLINK_OUTBOUND_ALLOW_CIDRS") {
+            config.outbound.allow_cidrs = crate::events::target::TargetPolicy::parse_cidrs(&raw)
+                .map_err(|reason| ConfigError::Invalid { name: "WEARLINK_OUTBOUND_ALLOW_CIDRS".into(), reason })?;
+        }
+        config.outbound.timeout = Duration::from_millis(parse_var(&var, "WEARLINK_DELIVERY_TIMEOUT_MS", "10000")?);
+        if let Some(raw) = var("WEARLINK_DELIVERY_SCHEDULE_SECS") {
+            config.outbound.schedule = raw
+                .split(',')
+                .map(|s| {
+                    s.trim().parse::<f64>().ok().filter(|s| *s >= 0.0 && s.is_finite()).map(Duration::from_secs_f64)
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "WEARLINK_DELIVERY_SCHEDULE_SECS".into(),
+                    reason: "comma-separated seconds, e.g. 5,300,1800".into(),
+                })?;
+        }
+        config.outbound.secret_overlap =
+            Duration::from_secs(parse_var(&var, "WEARLINK_WEBHOOK_SECRET_OVERLAP_SECS", "86400")?);
+        config.outbound.disable_after =
+            Duration::from_secs(parse_var(&var, "WEARLINK_ENDPOINT_DISABLE_AFTER_SECS", "432000")?);
         config.log_json = var("WEARLINK_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
         for slug in crate::providers::SLUGS {
             let upper = slug.to_ascii_uppercase();

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod connections;
 pub mod crypto;
 pub mod error;
+pub mod events;
 pub mod fhir;
 pub mod http;
 pub mod projects;
@@ -32,6 +33,9 @@ pub struct Services {
     pub providers: providers::Registry,
     /// Outbound client for provider calls (no redirects, timeouts from config).
     pub http: reqwest::Client,
+    /// Outbound client for the platform's webhook endpoints: no redirects, its own timeout, and
+    /// a resolver that refuses addresses the target policy refuses.
+    pub outbound_http: reqwest::Client,
     /// This process, as it names itself on leases.
     pub instance_id: String,
     /// API tokens, settings and sealed secrets, for at most `config.cache_ttl`.
@@ -63,6 +67,7 @@ impl Services {
         Ok(Arc::new(Self {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::http_client(config.provider_timeout),
+            outbound_http: events::http_client(&config.outbound),
             instance_id: uuid::Uuid::new_v4().to_string(),
             cache: cache::Cache::new(config.cache_ttl),
             writes: batch::Writes::new(Arc::clone(&store)),

@@ -476,7 +476,7 @@ async fn a_worker_whose_lease_ran_out_cannot_overwrite_the_one_that_took_over(ba
     assert!(!app
         .services
         .store
-        .complete_job(&a, &job.id, &JobOutcome::Retry { due_at: now, error: "late".into() })
+        .complete_job(&a, &job.id, &JobOutcome::Retry { due_at: now, error: "late".into() }, &[])
         .await
         .unwrap());
     let (_, events) = app.get(&format!("/v1/wearables/events?patientId={patient}")).await;

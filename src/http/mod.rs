@@ -22,6 +22,7 @@ use crate::Services;
 pub mod error;
 mod extract;
 mod fhir;
+mod outbound;
 mod project;
 mod wearables;
 mod webhooks;
@@ -34,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     info(title = "Wearlink", description = "Wearable-connection gateway for FHIR health platforms"),
     modifiers(&BearerAuth),
     components(schemas(error::Problem)),
-    tags((name = "wearables"), (name = "webhooks"), (name = "project"), (name = "fhir"), (name = "health"))
+    tags((name = "wearables"), (name = "webhooks"), (name = "events"), (name = "project"), (name = "fhir"), (name = "health"))
 )]
 struct ApiDoc;
 
@@ -101,6 +102,12 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(fhir::search_observations))
         .routes(routes!(fhir::search_procedures))
         .routes(routes!(fhir::read_version))
+        .routes(routes!(outbound::create_endpoint, outbound::list_endpoints))
+        .routes(routes!(outbound::get_endpoint, outbound::update_endpoint, outbound::delete_endpoint))
+        .routes(routes!(outbound::rotate_secret))
+        .routes(routes!(outbound::test_endpoint))
+        .routes(routes!(outbound::list_deliveries))
+        .routes(routes!(outbound::retry_delivery))
         .split_for_parts()
 }
 

@@ -6,12 +6,15 @@ use serde_json::Value;
 
 use crate::crypto::Sealed;
 
+pub mod outbound;
 mod postgres;
 mod sql;
+mod sql_outbound;
 mod sql_sync;
 mod sqlite;
 pub mod sync;
 
+pub use outbound::OutboundStore;
 pub use sync::{JobStore, ResourceStore, SyncStore};
 
 pub use postgres::PostgresStore;
@@ -52,6 +55,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // PostgreSQL gave up one of two transactions that waited for each other (deadlock,
+            // serialization failure): nothing was written; doing it again is right.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
+                StoreError::Conflict
+            }
             // PostgreSQL connection exceptions (08xxx) and shutdown in progress (57P0x).
             sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")) => {
                 StoreError::Unavailable(db.to_string())
@@ -62,6 +70,22 @@ impl From<sqlx::Error> for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+tokio::task_local! {
+    /// Set while background work (sync jobs, deliveries) runs: a backend that writes one at a
+    /// time lets requests' writes go first.
+    static BACKGROUND: ();
+}
+
+/// Runs `work` as background work (see `BACKGROUND`).
+pub async fn in_background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
+
+/// Whether the current task runs background work.
+pub(crate) fn is_background() -> bool {
+    BACKGROUND.try_with(|_| ()).is_ok()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -392,7 +416,16 @@ pub trait Backend: Send + Sync {
 
 /// Everything the service stores, as one object (`Arc<dyn Store>`).
 pub trait Store:
-    ProjectStore + FhirStore + StateStore + ConnectionStore + WebhookStore + JobStore + ResourceStore + SyncStore + Backend
+    ProjectStore
+    + FhirStore
+    + StateStore
+    + ConnectionStore
+    + WebhookStore
+    + JobStore
+    + ResourceStore
+    + SyncStore
+    + OutboundStore
+    + Backend
 {
 }
 impl<T> Store for T where
@@ -404,6 +437,7 @@ impl<T> Store for T where
         + JobStore
         + ResourceStore
         + SyncStore
+        + OutboundStore
         + Backend
 {
 }

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
 use super::sql::impl_sql_store;
+use super::sql_outbound::impl_outbound_store;
 use super::sql_sync::impl_sync_store;
 use super::*;
 
@@ -70,6 +71,15 @@ impl_sql_store!(
 );
 
 impl_sync_store!(
+    store: PostgresStore,
+    db: sqlx::Postgres,
+    row: PgRow,
+    begin_write: begin,
+    lock_rows: " FOR UPDATE",
+    skip_locked: " FOR UPDATE SKIP LOCKED",
+);
+
+impl_outbound_store!(
     store: PostgresStore,
     db: sqlx::Postgres,
     row: PgRow,

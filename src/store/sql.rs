@@ -544,6 +544,15 @@ macro_rules! impl_sql_store {
                     .bind(c.updated_at);
             }
             query.execute(&mut *tx).await?;
+            // The platform hears of it with the change, or not at all.
+            for (c, _) in items {
+                let kind = if versions.contains_key(&c.endpoint_id) {
+                    $crate::events::CONNECTION_UPDATED
+                } else {
+                    $crate::events::CONNECTION_CREATED
+                };
+                emit_in(&mut tx, &$crate::events::connection_event(kind, c, None, c.updated_at), None).await?;
+            }
             // Connecting (or reconnecting) queues the connection's backfill in the same
             // transaction: no connection is saved without it.
             let backfills: Vec<_> =
@@ -711,6 +720,13 @@ macro_rules! impl_sql_store {
                 .execute(&mut *tx)
                 .await?;
             }
+            let changed = sqlx::query("SELECT * FROM connections WHERE endpoint_id = $1")
+                .bind(endpoint_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let changed = connection_from_row(&changed)?;
+            let kind = if status == "off" { $crate::events::CONNECTION_REVOKED } else { $crate::events::CONNECTION_ERROR };
+            emit_in(&mut tx, &$crate::events::connection_event(kind, &changed, reason, now), None).await?;
             if let Some(r) = revocation {
                 sqlx::query(
                     "INSERT INTO pending_revocations (id, project_id, endpoint_id, provider, remote_user_id,

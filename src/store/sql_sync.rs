@@ -129,10 +129,21 @@ macro_rules! impl_sync_store {
             Ok(jobs)
         }
 
-        async fn complete_job(&self, lease: &Lease, id: &str, outcome: &$crate::store::sync::JobOutcome) -> StoreResult<bool> {
+        async fn complete_job(
+            &self,
+            lease: &Lease,
+            id: &str,
+            outcome: &$crate::store::sync::JobOutcome,
+            events: &[$crate::store::outbound::OutboundEvent],
+        ) -> StoreResult<bool> {
             let mut writer = self.writer().await?;
             let mut tx = $begin_write(&mut writer).await?;
             let held = complete_job_in(&mut tx, lease, id, outcome).await?;
+            if held {
+                for event in events {
+                    emit_in(&mut tx, event, None).await?;
+                }
+            }
             tx.commit().await?;
             Ok(held)
         }
@@ -185,6 +196,7 @@ macro_rules! impl_sync_store {
             project_id: &str,
             writes: &[$crate::store::sync::ResourceWrite],
             now: i64,
+            source: Option<&$crate::events::SyncSource>,
         ) -> StoreResult<Vec<($crate::store::sync::WriteOutcome, i64)>> {
             use $crate::store::sync::WriteOutcome;
             if writes.is_empty() {
@@ -262,6 +274,10 @@ macro_rules! impl_sync_store {
                         .bind(w.index.date_end);
                 }
                 query.execute(&mut *tx).await?;
+            }
+            if let (Some(source), false) = (source, changed.is_empty()) {
+                let references: Vec<String> = changed.iter().map(|(w, _)| format!("{}/{}", w.resource_type, w.id)).collect();
+                emit_in(&mut tx, &source.data_synced(&references, now), None).await?;
             }
             tx.commit().await?;
             Ok(outcomes)

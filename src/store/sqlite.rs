@@ -11,6 +11,7 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::impl_sql_store;
+use super::sql_outbound::impl_outbound_store;
 use super::sql_sync::impl_sync_store;
 use super::*;
 
@@ -22,8 +23,29 @@ pub struct SqliteStore {
     /// Read-only connections: in WAL mode readers run beside the writer and see every commit.
     readers: SqlitePool,
     acquire_timeout: Duration,
+    /// Requests waiting for the writer: background work lets them go first.
+    foreground_waiting: Arc<std::sync::atomic::AtomicUsize>,
     _checkpointer: AbortOnDrop,
 }
+
+/// Counts a request waiting for the writer for as long as it waits (or is cancelled).
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Waiting {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Longest a background write waits for requests to pass before it queues anyway.
+const BACKGROUND_YIELD_MAX: Duration = Duration::from_millis(200);
 
 /// How often the WAL is checkpointed off the request path.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -68,7 +90,13 @@ impl SqliteStore {
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
             .connect_lazy_with(options.read_only(true));
-        Ok(Self { writer, readers, acquire_timeout: pool.acquire_timeout, _checkpointer: AbortOnDrop(checkpointer) })
+        Ok(Self {
+            writer,
+            readers,
+            acquire_timeout: pool.acquire_timeout,
+            foreground_waiting: Arc::default(),
+            _checkpointer: AbortOnDrop(checkpointer),
+        })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -77,7 +105,21 @@ impl SqliteStore {
 
     /// Waits (in arrival order) for the writing connection, at most the acquire timeout. A
     /// transaction dropped half-way queues its rollback on the connection before the next use.
+    ///
+    /// Background work (see `in_background`) first lets the requests that are waiting go: the
+    /// queue is FIFO, and one sync page's transaction ahead of a connect was its whole p99.
     async fn writer(&self) -> StoreResult<MutexGuard<'_, SqliteConnection>> {
+        let _waiting = if is_background() {
+            let started = tokio::time::Instant::now();
+            while self.foreground_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
+                && started.elapsed() < BACKGROUND_YIELD_MAX
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            None
+        } else {
+            Some(Waiting::new(&self.foreground_waiting))
+        };
         let mut writer = tokio::time::timeout(self.acquire_timeout, self.writer.lock())
             .await
             .map_err(|_| StoreError::Unavailable("timed out waiting for the database writer".into()))?;
@@ -159,6 +201,15 @@ impl_sql_store!(
 );
 
 impl_sync_store!(
+    store: SqliteStore,
+    db: sqlx::Sqlite,
+    row: SqliteRow,
+    begin_write: begin_immediate,
+    lock_rows: "",
+    skip_locked: "",
+);
+
+impl_outbound_store!(
     store: SqliteStore,
     db: sqlx::Sqlite,
     row: SqliteRow,

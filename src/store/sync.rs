@@ -60,7 +60,14 @@ pub trait JobStore: Send + Sync {
     /// priority first, oldest first. Of several instances claiming at once, each job goes to one.
     async fn claim_jobs(&self, kinds: &[&str], lease: &Lease, limit: i64) -> StoreResult<Vec<Job>>;
     /// Ends a job this lease holds; false when the lease was lost (nothing written).
-    async fn complete_job(&self, lease: &Lease, id: &str, outcome: &JobOutcome) -> StoreResult<bool>;
+    /// `events` are emitted with it (nothing when the lease was lost).
+    async fn complete_job(
+        &self,
+        lease: &Lease,
+        id: &str,
+        outcome: &JobOutcome,
+        events: &[super::outbound::OutboundEvent],
+    ) -> StoreResult<bool>;
     /// Stores a job's progress (its cursor) and extends the lease to `lease.until`; false when lost.
     async fn checkpoint_job(&self, lease: &Lease, id: &str, payload: &Value) -> StoreResult<bool>;
     /// Drops every job of a connection (disconnect); a worker holding one loses it.
@@ -131,12 +138,14 @@ pub struct ResourceQuery {
 #[async_trait]
 pub trait ResourceStore: Send + Sync {
     /// Writes each resource of the project in one transaction; answers per resource what
-    /// happened and its version now.
+    /// happened and its version now. With `source`, what was created or changed is announced to
+    /// the platform (`data.synced`) in the same transaction.
     async fn write_resources(
         &self,
         project_id: &str,
         writes: &[ResourceWrite],
         now: i64,
+        source: Option<&crate::events::SyncSource>,
     ) -> StoreResult<Vec<(WriteOutcome, i64)>>;
     /// Answers `(total matches, this page)`.
     async fn search_resources(

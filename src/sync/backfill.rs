@@ -88,6 +88,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
         }
         let written = flush(services, &session, job, &mut payload, drafts, done).await?;
         count_found(&mut payload, &mode, &written);
+        payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
         payload["skip"] = json!(0);
         match page.next {
             Some(next) => payload["cursor"] = next,
@@ -168,7 +169,12 @@ async fn finished(
     services.store.update_sync_status(&job.project_id, &c.endpoint_id, &update, now).await?;
     services.store.enqueue_jobs(&[reconcile_job(services, &job.project_id, &c.endpoint_id, now)]).await?;
     tracing::info!(provider = %c.provider, endpoint = %c.endpoint_id, mode, "backfill finished");
-    complete(services, lease, job, JobOutcome::Done).await
+    let source = crate::events::SyncSource::from(&session.context);
+    let range = payload.get("range").cloned().unwrap_or_default();
+    let (from, to) = (int(&range, "/from").unwrap_or(0), int(&range, "/to").unwrap_or(now));
+    let objects = int(payload, "/done").unwrap_or(0);
+    let completed = source.backfill_completed(from, to, objects, now);
+    Ok(services.store.complete_job(lease, &job.id, &JobOutcome::Done, &[completed]).await?)
 }
 
 /// The range a new job covers: the project's backfill days before the job was queued, the
@@ -229,5 +235,5 @@ async fn failed(services: &Services, lease: &Lease, job: &Job, payload: &Value, 
 }
 
 async fn complete(services: &Services, lease: &Lease, job: &Job, outcome: JobOutcome) -> crate::Result<bool> {
-    Ok(services.store.complete_job(lease, &job.id, &outcome).await?)
+    Ok(services.store.complete_job(lease, &job.id, &outcome, &[]).await?)
 }

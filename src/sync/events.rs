@@ -26,7 +26,7 @@ pub async fn process(services: &Services, job: &Job, lease: &Lease) -> crate::Re
         None => None,
     };
     let Some(event) = event.filter(|e| e.state == "received") else {
-        return Ok(services.store.complete_job(lease, &job.id, &JobOutcome::Done).await?);
+        return Ok(services.store.complete_job(lease, &job.id, &JobOutcome::Done, &[]).await?);
     };
     // The claim's clock when it runs ahead (tests move it), so a retry is not due at once.
     let now = now_ms().max(lease.now);

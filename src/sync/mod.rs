@@ -27,8 +27,10 @@ pub use status::{request_resync, SyncView};
 pub const WEBHOOK_EVENT: &str = "webhook_event";
 pub const BACKFILL: &str = "backfill";
 pub const RECONCILE: &str = "reconcile";
-/// What this worker runs, in priority order (see `priority`).
-const KINDS: &[&str] = &[WEBHOOK_EVENT, BACKFILL, RECONCILE];
+/// Deliveries of outbound events to the platform (`crate::events`), sharing the queue.
+pub const DELIVERY: &str = "delivery";
+/// What this worker runs.
+const KINDS: &[&str] = &[WEBHOOK_EVENT, DELIVERY, BACKFILL, RECONCILE];
 
 /// Fresh data first: a webhook's event before a resync, a resync before a backfill.
 const PRIORITY_EVENT: i64 = 0;
@@ -149,10 +151,14 @@ fn lease(services: &Services, now: i64) -> Lease {
 
 /// Runs one claimed job to its end; the job completes itself (fenced on its lease).
 async fn run(services: Arc<Services>, job: Job, lease: Lease) {
-    let outcome = match job.kind.as_str() {
-        WEBHOOK_EVENT => events::process(&services, &job, &lease).await,
-        _ => backfill::run(&services, &job, lease.clone()).await,
+    let work = async {
+        match job.kind.as_str() {
+            WEBHOOK_EVENT => events::process(&services, &job, &lease).await,
+            DELIVERY => crate::events::deliver(&services, &job, &lease).await,
+            _ => backfill::run(&services, &job, lease.clone()).await,
+        }
     };
+    let outcome = crate::store::in_background(work).await;
     match outcome {
         Ok(true) => {}
         Ok(false) => {
@@ -190,7 +196,11 @@ pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
     let services = Arc::clone(services);
     tokio::spawn(async move {
         let mut running = tokio::task::JoinSet::new();
-        let concurrency = services.config.sync.concurrency.max(1);
+        let concurrency = services.config.sync.concurrency;
+        if concurrency == 0 {
+            tracing::info!("WEARLINK_SYNC_CONCURRENCY is 0: this instance runs no background jobs");
+            return;
+        }
         loop {
             let free = concurrency - running.len();
             let mut claimed = 0;

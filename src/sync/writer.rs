@@ -10,6 +10,9 @@ use crate::store::sync::{ResourceWrite, SearchIndex, WriteOutcome};
 use crate::time::now_ms;
 use crate::Services;
 
+/// Resources written per transaction (about 20 activities with their Observations).
+const WRITE_CHUNK: usize = 120;
+
 /// What a write did.
 #[derive(Clone, Debug, Default)]
 pub struct Written {
@@ -32,11 +35,28 @@ pub async fn write(services: &Services, ctx: &MapContext, drafts: Vec<ResourceDr
             body: d.body,
         })
         .collect();
-    write_all(services, &ctx.project_id, writes).await
+    write_all(services, &ctx.into(), writes).await
 }
 
-async fn write_all(services: &Services, project_id: &str, writes: Vec<ResourceWrite>) -> crate::Result<Written> {
-    let outcomes = services.store.write_resources(project_id, &writes, now_ms()).await?;
+async fn write_all(
+    services: &Services,
+    source: &crate::events::SyncSource,
+    writes: Vec<ResourceWrite>,
+) -> crate::Result<Written> {
+    // Transactions of bounded size: on SQLite each holds the one writer, which requests wait for.
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for chunk in writes.chunks(WRITE_CHUNK) {
+        // Two writers of the same new resources (a webhook's fetch beside a backfill) conflict;
+        // the one that lost writes again and finds them there.
+        let mut tries = 0;
+        let written = loop {
+            match services.store.write_resources(&source.project_id, chunk, now_ms(), Some(source)).await {
+                Err(crate::store::StoreError::Conflict) if tries < 3 => tries += 1,
+                other => break other?,
+            }
+        };
+        outcomes.extend(written);
+    }
     let mut written = Written::default();
     for (w, (outcome, _)) in writes.iter().zip(outcomes) {
         match outcome {
@@ -73,7 +93,7 @@ pub async fn mark_entered_in_error(
             body,
         });
     }
-    write_all(services, &ctx.project_id, writes).await
+    write_all(services, &ctx.into(), writes).await
 }
 
 /// The tokens of `code` and `category`, and the clinical time range, of a resource.
