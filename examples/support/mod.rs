@@ -13,39 +13,11 @@ pub async fn seed(services: &Services, n: usize) -> anyhow::Result<String> {
     let admin = Principal { project_id: project_id.clone(), role: Role::Admin, token_fingerprint: "bench".into() };
     let creds = NewCredentials { client_id: "1".into(), client_secret: "s".into(), webhook_secret: None };
     projects::put_credentials(services, &admin, "strava", &creds).await?;
-    let provider = services.providers.get("strava").unwrap().clone();
     let expires = wearlink::time::now_ms() + 600_000;
     let seeded = futures::stream::iter(0..n)
         .map(|i| {
-            let (project_id, provider) = (project_id.clone(), provider.clone());
-            async move {
-                let endpoint_id = uuid::Uuid::new_v4().to_string();
-                let material = TokenMaterial {
-                    access_token: format!("access-{i}").into(),
-                    refresh_token: Some(format!("refresh-{i}").into()),
-                    token_type: "Bearer".into(),
-                };
-                let now = wearlink::time::now_ms();
-                let record = ConnectionRecord {
-                    tokens: Some(material.seal(&services.keyring, &endpoint_owner(&project_id, &endpoint_id))),
-                    endpoint_id,
-                    project_id,
-                    patient_id: format!("patient-{i}"),
-                    provider: "strava".into(),
-                    remote_user_id: i.to_string(),
-                    scopes: vec!["read".into()],
-                    status: "active".into(),
-                    has_refresh_token: true,
-                    expires_at: Some(expires),
-                    connected_at: now,
-                    updated_at: now,
-                    last_refreshed_at: None,
-                    last_error: None,
-                    refresh_failures: 0,
-                    next_attempt_at: None,
-                };
-                services.store.save_connection(&record, endpoint_body(provider.as_ref(), &record)).await.map(|_| ())
-            }
+            let record = strava_connection(services, &project_id, &format!("patient-{i}"), i as u64, expires);
+            async move { save(services, record).await }
         })
         .buffer_unordered(8)
         .collect::<Vec<_>>()
@@ -54,6 +26,74 @@ pub async fn seed(services: &Services, n: usize) -> anyhow::Result<String> {
         r?;
     }
     Ok(project_id)
+}
+
+/// Connects each of `patients` to Strava, patient i as athlete i (tokens `access-<i>` and
+/// `refresh-<i>`, expiring at `expires_at`), `chunk` connections per transaction. Saving a
+/// connection queues its backfill job.
+pub async fn connect_patients(
+    services: &Services,
+    project_id: &str,
+    patients: &[String],
+    expires_at: i64,
+    chunk: usize,
+) -> anyhow::Result<()> {
+    let provider = services.providers.get("strava").unwrap().clone();
+    for (c, ids) in patients.chunks(chunk.max(1)).enumerate() {
+        let items: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, patient)| {
+                let record = strava_connection(services, project_id, patient, (c * chunk + j) as u64, expires_at);
+                let endpoint = endpoint_body(provider.as_ref(), &record);
+                (record, endpoint)
+            })
+            .collect();
+        services.store.save_connections(&items).await?;
+    }
+    Ok(())
+}
+
+/// An active Strava connection of `patient_id` as `athlete`, its tokens sealed.
+pub fn strava_connection(
+    services: &Services,
+    project_id: &str,
+    patient_id: &str,
+    athlete: u64,
+    expires_at: i64,
+) -> ConnectionRecord {
+    let endpoint_id = uuid::Uuid::new_v4().to_string();
+    let material = TokenMaterial {
+        access_token: format!("access-{athlete}").into(),
+        refresh_token: Some(format!("refresh-{athlete}").into()),
+        token_type: "Bearer".into(),
+    };
+    let now = wearlink::time::now_ms();
+    ConnectionRecord {
+        tokens: Some(material.seal(&services.keyring, &endpoint_owner(project_id, &endpoint_id))),
+        endpoint_id,
+        project_id: project_id.into(),
+        patient_id: patient_id.into(),
+        provider: "strava".into(),
+        remote_user_id: athlete.to_string(),
+        scopes: vec!["read".into()],
+        status: "active".into(),
+        has_refresh_token: true,
+        expires_at: Some(expires_at),
+        connected_at: now,
+        updated_at: now,
+        last_refreshed_at: None,
+        last_error: None,
+        refresh_failures: 0,
+        next_attempt_at: None,
+    }
+}
+
+async fn save(services: &Services, record: ConnectionRecord) -> anyhow::Result<()> {
+    let provider = services.providers.get("strava").unwrap().clone();
+    let endpoint = endpoint_body(provider.as_ref(), &record);
+    services.store.save_connection(&record, endpoint).await?;
+    Ok(())
 }
 
 /// A fresh database URL for one run, and what drops it afterwards.
