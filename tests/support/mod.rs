@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod fhir_partner;
+pub mod receiver;
 pub mod stand_in;
 pub mod stand_in_data;
 
@@ -14,6 +15,7 @@ use wearlink::store::Role;
 use wearlink::{projects, Config, Services};
 
 pub use fhir_partner::FhirPartner;
+pub use receiver::{Behaviour, Receiver};
 pub use stand_in::{StandIn, TokenMode};
 pub use stand_in_data::{
     polar_daily_activity_json, polar_exercise_json, polar_sleep_json, strava_activity_json, ApiCall, ApiLog,
