@@ -35,6 +35,7 @@ on_both_backends!(
     an_instance_killed_before_delivering_leaves_the_delivery_to_another,
     two_instances_dispatching_at_once_make_each_attempt_once,
     ten_thousand_events_reach_three_endpoints_while_one_fails_half_the_time,
+    an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -960,4 +961,36 @@ async fn recorded(app: &TestApp, endpoint: &str, state: &str) -> Vec<(String, i6
             rows
         }
     }
+}
+
+async fn an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it(backend: Backend) {
+    fn quick(c: &mut Config) {
+        c.outbound.allow_loopback = true;
+        c.outbound.schedule = vec![Duration::from_millis(10); 5];
+        // "Five days" compressed: failing for a second of the claim clock disables it.
+        c.outbound.disable_after = Duration::from_secs(1);
+    }
+    let app = spawn(backend, quick).await;
+    let receiver = Receiver::start_with(Behaviour::Answer(503)).await;
+    let (endpoint, _) = register(&app, &receiver, None).await;
+    send_test(&app, &endpoint).await;
+    let start = now_ms();
+    assert_eq!(deliver_due(&app.services, start).await, 1, "first attempt fails");
+    let (_, e) = admin_send(&app, "GET", &format!("/v1/webhook-endpoints/{endpoint}"), None).await;
+    assert_eq!(e["enabled"], true, "one failure does not disable it: {e}");
+    assert!(deliver_due(&app.services, start + 2_000).await >= 1, "the retry fails too, two seconds on");
+    let (_, e) = admin_send(&app, "GET", &format!("/v1/webhook-endpoints/{endpoint}"), None).await;
+    assert_eq!(e["enabled"], false, "{e}");
+    assert!(e["disabledReason"].as_str().unwrap().contains("failed"), "{e}");
+    // Disabled: what is still queued for it fails without being sent.
+    let sent = receiver.count();
+    deliver_due(&app.services, start + 10_000).await;
+    assert_eq!(receiver.count(), sent, "nothing sent to a disabled endpoint");
+    let (status, _) = admin_send(&app, "POST", &format!("/v1/webhook-endpoints/{endpoint}/test"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a disabled endpoint takes no test event");
+
+    let (status, e) =
+        admin_send(&app, "PATCH", &format!("/v1/webhook-endpoints/{endpoint}"), Some(json!({"enabled": true}))).await;
+    assert_eq!((status, &e["enabled"]), (StatusCode::OK, &json!(true)), "{e}");
+    assert!(e.get("disabledReason").is_none_or(Value::is_null), "{e}");
 }
