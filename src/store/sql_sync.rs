@@ -499,6 +499,9 @@ macro_rules! impl_sync_store {
             if windows.is_empty() {
                 return Ok(());
             }
+            // In name order, as `reserve_call` locks them: two writers never wait for each other.
+            let mut windows: Vec<_> = windows.iter().collect();
+            windows.sort_by(|a, b| a.name.cmp(&b.name));
             let mut writer = self.writer().await?;
             let mut tx = $begin_write(&mut writer).await?;
             for w in windows {

@@ -80,6 +80,8 @@ pub struct SyncCounters {
     /// Resources the reconciliation pass created: data whose webhook never came.
     pub reconcile_found: AtomicU64,
     pub resources_written: AtomicU64,
+    /// When this instance last recorded a provider's rate-limit headers, by `project/provider`.
+    pub rate_recorded_at: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// The backfill a connection gets when it is saved (connect or reconnect).

@@ -148,11 +148,10 @@ impl<'s> Session<'s> {
                 length_ms: 1,
             });
         }
-        self.services
-            .store
-            .record_rate_windows(&c.project_id, &c.provider, &windows)
-            .await
-            .map_err(crate::Error::from)?;
+        if self.worth_recording(&windows, now) {
+            let store = &self.services.store;
+            store.record_rate_windows(&c.project_id, &c.provider, &windows).await.map_err(crate::Error::from)?;
+        }
         match answer {
             Ok(value) => Ok(Some(value)),
             Err(DataError::RateLimited { .. }) => {
@@ -174,6 +173,26 @@ impl<'s> Session<'s> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether to write the provider's view of its windows now. Our own calls are counted as they
+    /// are reserved; the provider's count adds other instances' and refused calls, so it is
+    /// written at least every `RECORD_EVERY_MS` per provider application, and at once near a limit
+    /// or on a 429 — not after every call, which made every worker queue on the same rows.
+    fn worth_recording(&self, windows: &[RateWindow], now: i64) -> bool {
+        const RECORD_EVERY_MS: i64 = 500;
+        if windows.is_empty() {
+            return false;
+        }
+        let near_limit = windows.iter().any(|w| w.used * 100 >= w.limit * 80);
+        let key = format!("{}/{}", self.connection.project_id, self.connection.provider);
+        let mut recorded = self.services.sync_counters.rate_recorded_at.lock().expect("not poisoned");
+        let last = recorded.get(&key).copied().unwrap_or(i64::MIN);
+        if near_limit || now.saturating_sub(last) >= RECORD_EVERY_MS {
+            recorded.insert(key, now);
+            return true;
+        }
+        false
     }
 
     /// The provider keeps refusing our access: the connection needs the patient to reconnect.
