@@ -70,8 +70,9 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                     Ok(data) => data,
                     Err(e) => {
                         // Keep what this page already fetched, and where it stopped.
-                        let written = flush(services, &session, job, &mut payload, drafts, done).await?;
+                        let written = flush(services, &session, job, drafts, done).await?;
                         payload["skip"] = json!(skip as i64 + done);
+                        payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
                         count_found(&mut payload, &mode, &written);
                         return failed(services, &lease, job, &payload, e).await;
                     }
@@ -86,7 +87,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                 }
             }
         }
-        let written = flush(services, &session, job, &mut payload, drafts, done).await?;
+        let written = flush(services, &session, job, drafts, done).await?;
         count_found(&mut payload, &mode, &written);
         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
         payload["skip"] = json!(0);
@@ -111,7 +112,6 @@ async fn flush(
     services: &Services,
     session: &Session<'_>,
     job: &Job,
-    payload: &mut Value,
     drafts: Vec<ResourceDraft>,
     items_done: i64,
 ) -> crate::Result<Written> {
@@ -128,7 +128,6 @@ async fn flush(
         };
         services.store.update_sync_status(&job.project_id, &session.connection.endpoint_id, &update, now_ms()).await?;
     }
-    let _ = payload;
     Ok(written)
 }
 
