@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use wearlink::projects::{self, NewCredentials, Principal, SettingChange};
-use wearlink::store::Role;
+use support::Db;
 use wearlink::{Config, Services};
 
 mod support;
@@ -297,26 +295,14 @@ async fn services() -> anyhow::Result<Arc<Services>> {
 }
 
 async fn seed(patients: usize, patients_file: &Path) -> anyhow::Result<()> {
-    use futures::StreamExt;
     let services = services().await?;
-    let (project_id, admin_token) = projects::create_project(&services, "bench-sync").await?;
-    let admin = Principal { project_id: project_id.clone(), role: Role::Admin, token_fingerprint: "bench".into() };
-    let toggle = projects::enabled_setting("strava");
-    projects::put_setting(&services, &admin, &toggle, SettingChange { enabled: Some(true), value: None }).await?;
-    let creds = NewCredentials {
-        client_id: "bench-client".into(),
-        client_secret: "bench-client-secret".into(),
-        webhook_secret: None,
-    };
-    projects::put_credentials(&services, &admin, "strava", &creds).await?;
-    let created = futures::stream::iter(0..patients)
-        .map(|_| wearlink::fhir::create_patient(&services, &admin, json!({"resourceType": "Patient"})))
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await;
-    let ids = created.into_iter().map(|r| r.map(|p| p.id)).collect::<Result<Vec<_>, _>>()?;
+    let seeded = support::seed_project(&services, "bench-sync", patients).await?;
+    let ids = seeded.patient_ids;
     std::fs::write(patients_file, ids.join("\n") + "\n")?;
-    println!("{}", json!({"projectId": project_id, "adminToken": admin_token, "firstPatientId": ids.first()}));
+    println!(
+        "{}",
+        json!({"projectId": seeded.project_id, "adminToken": seeded.admin_token, "firstPatientId": ids.first()})
+    );
     Ok(())
 }
 
@@ -330,32 +316,8 @@ async fn connect_patients(project: &str, patients_file: &Path) -> anyhow::Result
 
 // ---- progress ----
 
-/// Read-only access to the server's database, for the few counts `progress` needs.
-enum Db {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
+/// The backfill's counts, on the shared read-only access.
 impl Db {
-    async fn open(url: &str) -> anyhow::Result<Self> {
-        if url.starts_with("postgres") {
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
-            Ok(Db::Postgres(pool))
-        } else {
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?.read_only(true);
-            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
-            Ok(Db::Sqlite(pool))
-        }
-    }
-
-    async fn count(&self, sql: &str, project: &str) -> anyhow::Result<i64> {
-        let sql = format!("SELECT CAST(({sql}) AS BIGINT)");
-        Ok(match self {
-            Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(&sql).bind(project).fetch_one(pool).await?,
-            Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(&sql).bind(project).fetch_one(pool).await?,
-        })
-    }
-
     /// (activities synced, backfill jobs left)
     async fn progress(&self, project: &str) -> anyhow::Result<(i64, i64)> {
         let done = self

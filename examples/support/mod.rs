@@ -1,11 +1,83 @@
-//! What the benchmarks share: a fresh database, and a project seeded with Strava connections.
+//! What the benchmarks share: a fresh database, a project seeded with Strava enabled, credentials,
+//! patients (and connections), and read-only counts on the server's database.
 #![allow(dead_code)]
+
+use std::str::FromStr;
 
 use futures::StreamExt;
 use wearlink::connections::{endpoint_body, endpoint_owner, TokenMaterial};
-use wearlink::projects::{self, NewCredentials, Principal};
+use wearlink::projects::{self, NewCredentials, Principal, SettingChange};
 use wearlink::store::{ConnectionRecord, Role};
 use wearlink::Services;
+
+/// A project as the benchmark scripts seed it.
+pub struct SeededProject {
+    pub project_id: String,
+    /// Printed once, like `wearlink project create` does.
+    pub admin_token: String,
+    /// The admin, for calling the service's functions in process.
+    pub admin: Principal,
+    pub patient_ids: Vec<String>,
+}
+
+/// A project named `name` with Strava enabled, its credentials, an admin token and `patients`
+/// FHIR Patients (created 8 at a time).
+pub async fn seed_project(services: &Services, name: &str, patients: usize) -> anyhow::Result<SeededProject> {
+    let (project_id, admin_token) = projects::create_project(services, name).await?;
+    let admin = Principal { project_id: project_id.clone(), role: Role::Admin, token_fingerprint: "bench".into() };
+    let toggle = projects::enabled_setting("strava");
+    projects::put_setting(services, &admin, &toggle, SettingChange { enabled: Some(true), value: None }).await?;
+    let creds = NewCredentials {
+        client_id: "bench-client".into(),
+        client_secret: "bench-client-secret".into(),
+        webhook_secret: None,
+    };
+    projects::put_credentials(services, &admin, "strava", &creds).await?;
+    let created = futures::stream::iter(0..patients)
+        .map(|_| wearlink::fhir::create_patient(services, &admin, serde_json::json!({"resourceType": "Patient"})))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let patient_ids = created.into_iter().map(|r| r.map(|p| p.id)).collect::<Result<Vec<_>, _>>()?;
+    Ok(SeededProject { project_id, admin_token, admin, patient_ids })
+}
+
+/// Read-only access to the server's database, for the few counts the progress commands need.
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres") {
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
+            Ok(Db::Postgres(pool))
+        } else {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?.read_only(true);
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+            Ok(Db::Sqlite(pool))
+        }
+    }
+
+    /// `sql` (one scalar; `$1` is `project`) as an i64.
+    pub async fn count(&self, sql: &str, project: &str) -> anyhow::Result<i64> {
+        let sql = format!("SELECT CAST(({sql}) AS BIGINT)");
+        Ok(match self {
+            Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(&sql).bind(project).fetch_one(pool).await?,
+            Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(&sql).bind(project).fetch_one(pool).await?,
+        })
+    }
+
+    /// `sql` (one scalar; `$1` is `project`, `$2` is `n`) as an i64.
+    pub async fn count_with(&self, sql: &str, project: &str, n: i64) -> anyhow::Result<i64> {
+        let sql = format!("SELECT CAST(({sql}) AS BIGINT)");
+        Ok(match self {
+            Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(&sql).bind(project).bind(n).fetch_one(pool).await?,
+            Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(&sql).bind(project).bind(n).fetch_one(pool).await?,
+        })
+    }
+}
 
 /// A project with Strava credentials and `n` connections whose tokens expire in ten minutes.
 pub async fn seed(services: &Services, n: usize) -> anyhow::Result<String> {
