@@ -111,7 +111,9 @@ macro_rules! impl_sync_store {
                 concat!(
                     "UPDATE jobs SET lease_owner = $1, lease_until = $2
                      WHERE id IN (SELECT id FROM jobs
-                                  WHERE due_at <= $3 AND (lease_until IS NULL OR lease_until <= $3) AND kind IN ({})
+                                  WHERE due_at <= $3 AND (lease_until IS NULL OR lease_until <= $3)
+                                    -- `kind || ''`: not the (kind, unique_key) index, the claim's
+                                    AND kind || '' IN ({})
                                   ORDER BY priority, due_at LIMIT $4",
                     $skip_locked,
                     ")

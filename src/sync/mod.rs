@@ -208,7 +208,9 @@ pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
             let mut claimed = 0;
             if free > 0 {
                 let lease = lease(&services, now_ms());
-                match services.store.claim_jobs(KINDS, &lease, free as i64).await {
+                // Background work too: on SQLite it lets waiting requests write first.
+                let claim = services.store.claim_jobs(KINDS, &lease, free as i64);
+                match crate::store::in_background(claim).await {
                     Ok(jobs) => {
                         claimed = jobs.len();
                         for job in jobs {
