@@ -70,7 +70,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                     Ok(data) => data,
                     Err(e) => {
                         // Keep what this page already fetched, and where it stopped.
-                        let written = flush(services, &session, job, drafts, done).await?;
+                        let written = flush(services, &session, job, &mode, drafts, done).await?;
                         payload["skip"] = json!(skip as i64 + done);
                         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
                         count_found(&mut payload, &mode, &written);
@@ -87,7 +87,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                 }
             }
         }
-        let written = flush(services, &session, job, drafts, done).await?;
+        let written = flush(services, &session, job, &mode, drafts, done).await?;
         count_found(&mut payload, &mode, &written);
         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
         payload["skip"] = json!(0);
@@ -112,17 +112,15 @@ async fn flush(
     services: &Services,
     session: &Session<'_>,
     job: &Job,
+    mode: &str,
     drafts: Vec<ResourceDraft>,
     items_done: i64,
 ) -> crate::Result<Written> {
     let written = writer::write(services, &session.context, drafts).await?;
     if items_done > 0 || !written.changed.is_empty() {
         let update = SyncUpdate {
-            backfill_done_add: if job.payload.get("mode").and_then(Value::as_str) == Some("reconcile") {
-                0
-            } else {
-                items_done
-            },
+            // A reconciliation pass is no backfill: its objects are not the backfill's progress.
+            backfill_done_add: if mode == "reconcile" { 0 } else { items_done },
             synced_at: Some(now_ms()),
             ..Default::default()
         };

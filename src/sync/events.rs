@@ -55,10 +55,12 @@ pub async fn process(services: &Services, job: &Job, lease: &Lease) -> crate::Re
         }
     };
     let finished = state != "received";
+    // A failed attempt is one retried or given up; a parked one is no attempt.
+    let failed = state == "dead" || matches!(job_outcome, JobOutcome::Retry { .. });
     let outcome = EventOutcome {
         job: job_outcome,
         state: state.into(),
-        attempts: if matches!(state, "dead" | "received") && error.is_some() { job.attempts + 1 } else { job.attempts },
+        attempts: job.attempts + i64::from(failed),
         error,
         refs,
         processed_at: finished.then_some(now),
