@@ -21,6 +21,9 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub bind: SocketAddr,
+    /// Where `/metrics` is served instead of `bind` (so it need not face the internet); `None`:
+    /// on `bind`, beside the API.
+    pub metrics_bind: Option<SocketAddr>,
     /// Public base URL (the spec's `APP_BASE_URL`): callbacks are `<base>/v1/wearables/<slug>/callback`.
     pub base_url: Url,
     pub database_url: String,
@@ -58,6 +61,7 @@ impl Config {
     pub fn new(bind: SocketAddr, database_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             bind,
+            metrics_bind: None,
             base_url: base_url_for(bind),
             database_url: database_url.into(),
             pool: PoolSettings::default(),
@@ -88,6 +92,9 @@ impl Config {
         let database_url =
             var("WEARLINK_DATABASE_URL").unwrap_or_else(|| format!("sqlite://{}/wearlink.db", data_dir.display()));
         let mut config = Config::new(bind, database_url, data_dir);
+        if var("WEARLINK_METRICS_BIND").is_some() {
+            config.metrics_bind = Some(parse_var(&var, "WEARLINK_METRICS_BIND", "")?);
+        }
         if let Some(base) = var("WEARLINK_BASE_URL") {
             config.base_url = parse_url("WEARLINK_BASE_URL", &base)?;
         }

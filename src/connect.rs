@@ -88,6 +88,18 @@ pub async fn start(
     request: ConnectRequest,
 ) -> Result<ConnectStart> {
     let provider = provider(services, slug)?;
+    let started = start_with(services, principal, &provider, slug, request).await;
+    services.metrics.connect(provider.slug(), started.as_ref().map(|_| ()).map_err(Error::code));
+    started
+}
+
+async fn start_with(
+    services: &Services,
+    principal: &Principal,
+    provider: &Arc<dyn Provider>,
+    slug: &str,
+    request: ConnectRequest,
+) -> Result<ConnectStart> {
     if !is_fhir_id(&request.patient_id) {
         return Err(Error::Invalid("patientId must be a FHIR id (1-64 of A-Z a-z 0-9 - .)".into()));
     }
@@ -215,13 +227,28 @@ impl Callback {
 /// after a good state is a `Callback` (success or a failure to report through the redirect).
 pub async fn finish(services: &Services, slug: &str, params: CallbackParams) -> Result<Callback> {
     let provider = provider(services, slug)?;
+    let finished = finish_with(services, provider.as_ref(), slug, params).await;
+    let outcome = match &finished {
+        Ok(callback) => callback.result.as_ref().map(|_| ()).map_err(|failure| failure.code()),
+        Err(e) => Err(e.code()),
+    };
+    services.metrics.callback(provider.slug(), outcome);
+    finished
+}
+
+async fn finish_with(
+    services: &Services,
+    provider: &dyn Provider,
+    slug: &str,
+    params: CallbackParams,
+) -> Result<Callback> {
     let state = params.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256).ok_or(Error::InvalidState)?;
     let record = services.writes.take_state.run(state_key(state)).await?.ok_or(Error::InvalidState)?;
     if record.expires_at <= now_ms() || record.provider != slug {
         return Err(Error::InvalidState);
     }
     let redirect_uri = record.redirect_uri.as_deref().and_then(|u| Url::parse(u).ok());
-    let result = complete(services, provider.as_ref(), &record, &params).await;
+    let result = complete(services, provider, &record, &params).await;
     Ok(Callback { provider: slug.into(), patient_id: record.patient_id, redirect_uri, result })
 }
 

@@ -242,11 +242,14 @@ async fn refresh_leased(
     let credentials = match projects::client_credentials(services, &c.project_id, &c.provider).await {
         Ok(credentials) => credentials,
         Err(Error::CredentialsMissing { .. }) => {
+            services.metrics.refresh(provider.slug(), "credentials_missing");
             return defer(services, lease, &c, "credentials_missing", None).await;
         }
         Err(e) => return Err(e),
     };
-    match provider.refresh(&services.http, &credentials, refresh_token).await {
+    let refreshed = provider.refresh(&services.http, &credentials, refresh_token).await;
+    services.metrics.refresh(provider.slug(), refreshed.as_ref().map_or_else(ProviderError::code, |_| "refreshed"));
+    match refreshed {
         Ok(fresh) => {
             let now = now_ms();
             let material = TokenMaterial {
@@ -397,7 +400,9 @@ async fn revoke(services: &Services, r: &PendingRevocation) -> Result<bool> {
     };
     let material = TokenMaterial::open(&services.keyring, &r.token, &revocation_owner(&r.project_id, &r.id))?;
     let target = RevocationTarget { access_token: &material.access_token, remote_user_id: &r.remote_user_id };
-    match provider.revoke(&services.http, &target).await {
+    let revoked = provider.revoke(&services.http, &target).await;
+    services.metrics.revocation(provider.slug(), revoked.as_ref().map_or_else(ProviderError::code, |_| "revoked"));
+    match revoked {
         Ok(()) => {
             services.store.complete_revocation(&r.id).await?;
             Ok(true)

@@ -43,3 +43,26 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The stable code of this error, as the API's problem+json `code` says it (`http::error`
+    /// maps each variant to its status; a test there keeps the two in step).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Unauthenticated => "unauthorized",
+            Error::Forbidden => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Invalid(_) => "validation_failed",
+            Error::ProviderDisabled { .. } => "provider_disabled",
+            Error::CredentialsMissing { .. } => "credentials_missing",
+            Error::Conflict(_) => "conflict",
+            Error::InvalidSignature => "invalid_signature",
+            Error::Rejected(_) => "rejected",
+            Error::Malformed(_) => "malformed_json",
+            Error::Upstream(_) => "upstream_failed",
+            Error::InvalidState => "invalid_state",
+            Error::Store(StoreError::Unavailable(_)) => "unavailable",
+            Error::Store(_) | Error::Crypto(_) => "internal",
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod fhir;
 pub mod http;
+pub mod metrics;
 pub mod projects;
 pub mod providers;
 pub mod store;
@@ -31,8 +32,8 @@ pub struct Services {
     pub store: Arc<dyn store::Store>,
     pub keyring: crypto::Keyring,
     pub providers: providers::Registry,
-    /// Outbound client for provider calls (no redirects, timeouts from config).
-    pub http: reqwest::Client,
+    /// Outbound client for provider calls (no redirects, timeouts from config), each one counted.
+    pub http: providers::ProviderHttp,
     /// Outbound client for the platform's webhook endpoints: no redirects, its own timeout, and
     /// a resolver that refuses addresses the target policy refuses.
     pub outbound_http: reqwest::Client,
@@ -45,6 +46,8 @@ pub struct Services {
     /// Wakes this instance's sync worker (an event was just stored, a resync asked for).
     pub sync_wake: tokio::sync::Notify,
     pub sync_counters: sync::SyncCounters,
+    /// This instance's metrics (`GET /metrics`).
+    pub metrics: metrics::Metrics,
 }
 
 impl Services {
@@ -64,15 +67,20 @@ impl Services {
         };
         let keyring = crypto::Keyring::from_encoded(&master_key, &config.previous_master_keys)?;
         let store = store::connect(&config.database_url, &config.pool).await?;
+        let metrics = metrics::Metrics::new();
         Ok(Arc::new(Self {
             providers: providers::Registry::new(&config.provider_urls),
-            http: providers::http_client(config.provider_timeout),
+            http: providers::ProviderHttp::new(
+                providers::http_client(config.provider_timeout),
+                metrics.provider_calls.clone(),
+            ),
             outbound_http: events::http_client(&config.outbound),
             instance_id: uuid::Uuid::new_v4().to_string(),
             cache: cache::Cache::new(config.cache_ttl),
             writes: batch::Writes::new(Arc::clone(&store)),
             sync_wake: tokio::sync::Notify::new(),
             sync_counters: sync::SyncCounters::default(),
+            metrics,
             keyring,
             store,
             config,

@@ -97,6 +97,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     wearlink::connections::spawn_workers(&services, services.config.refresh_interval);
     // Webhook events, backfills, resyncs and reconciliation: the sync worker of the job queue.
     wearlink::sync::spawn_worker(&services);
+    if let Some(metrics_bind) = services.config.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(metrics_bind).await?;
+        tracing::info!(address = %listener.local_addr()?, "metrics listening");
+        let router = wearlink::http::metrics_router(Arc::clone(&services));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(address = %listener.local_addr()?, base_url = %services.config.base_url, "wearlink listening");
     axum::serve(listener, wearlink::http::router(Arc::clone(&services)))

@@ -118,6 +118,7 @@ async fn store(
     remote_user_id: Option<String>,
     body: &[u8],
 ) -> Result<Receipt> {
+    services.metrics.webhook_event(provider, &event_type);
     let connection = match &remote_user_id {
         Some(user) => services.store.find_connection_by_remote_user(project_id, provider, user).await?,
         None => None,

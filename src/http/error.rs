@@ -118,3 +118,34 @@ pub async fn route_not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics label outcomes with `Error::code`; callers read `code` in problem+json.
+    #[test]
+    fn domain_error_codes_are_the_problem_codes() {
+        let all = [
+            Error::Unauthenticated,
+            Error::Forbidden,
+            Error::NotFound("x".into()),
+            Error::Invalid("x".into()),
+            Error::ProviderDisabled { provider: "x".into(), setting: "x".into() },
+            Error::CredentialsMissing { keys: vec![] },
+            Error::Conflict("x".into()),
+            Error::InvalidSignature,
+            Error::Rejected("x".into()),
+            Error::Malformed("x".into()),
+            Error::Upstream("x".into()),
+            Error::InvalidState,
+            Error::Store(StoreError::Unavailable("x".into())),
+            Error::Store(StoreError::Conflict),
+            Error::Crypto(crate::crypto::CryptoError::Open),
+        ];
+        for error in all {
+            let code = error.code();
+            assert_eq!(ApiError::Domain(error).parts().1, code);
+        }
+    }
+}

@@ -22,10 +22,13 @@ use crate::Services;
 pub mod error;
 mod extract;
 mod fhir;
+mod metrics;
 mod outbound;
 mod project;
 mod wearables;
 mod webhooks;
+
+pub use metrics::router as metrics_router;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -120,12 +123,18 @@ pub fn router(services: Arc<Services>) -> Router {
     let (router, openapi) = routes();
     let openapi = Arc::new(openapi);
     let request_timeout = services.config.request_timeout;
+    // With WEARLINK_METRICS_BIND set, /metrics is served on that listener only.
+    let router = match services.config.metrics_bind {
+        None => router.route("/metrics", get(metrics::scrape)),
+        Some(_) => router,
+    };
     router
         .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(move |request, next| time_limit(request, next, request_timeout)))
+        .layer(axum::middleware::from_fn_with_state(services.metrics.http.clone(), metrics::track))
         .layer(
             // Spans carry the path only: queries hold OAuth codes and states.
             TraceLayer::new_for_http()

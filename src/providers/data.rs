@@ -123,15 +123,22 @@ pub trait DataSource: Send + Sync {
 /// A provider's API as one connection's sync sees it: its base, the user's access token, and the
 /// headers of the last answer (the sync stage reads their rate-limit windows).
 pub struct DataApi<'a> {
-    http: &'a reqwest::Client,
+    http: &'a super::ProviderHttp,
+    /// Provider and operation (`list`, `fetch`), as the metrics name its calls.
+    call: (&'static str, &'static str),
     base: &'a Url,
     token: SecretString,
     last_headers: Mutex<Option<HeaderMap>>,
 }
 
 impl<'a> DataApi<'a> {
-    pub fn new(http: &'a reqwest::Client, base: &'a Url, token: SecretString) -> Self {
-        Self { http, base, token, last_headers: Mutex::new(None) }
+    pub fn new(
+        http: &'a super::ProviderHttp,
+        call: (&'static str, &'static str),
+        base: &'a Url,
+        token: SecretString,
+    ) -> Self {
+        Self { http, call, base, token, last_headers: Mutex::new(None) }
     }
 
     /// `<base>/<path>`.
@@ -154,15 +161,14 @@ impl<'a> DataApi<'a> {
         if !is_under(url, self.base) {
             return Err(DataError::Refused("URL outside the provider's API base".into()));
         }
-        let response = self
+        let request = self
             .http
             .get(url)
             .query(query)
             .bearer_auth(self.token.expose_secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|_| DataError::Unreachable)?;
+            .header(reqwest::header::ACCEPT, "application/json");
+        let (provider, operation) = self.call;
+        let response = self.http.send(provider, operation, request).await.map_err(|_| DataError::Unreachable)?;
         let status = response.status();
         *self.last_headers.lock().expect("not poisoned") = Some(response.headers().clone());
         match status {

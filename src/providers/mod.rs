@@ -128,6 +128,19 @@ pub enum ProviderError {
     BadAnswer(&'static str),
 }
 
+impl ProviderError {
+    /// A short stable name of the failure (an outcome label in the metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::InvalidGrant => "invalid_grant",
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Unreachable => "unreachable",
+            ProviderError::Refused { .. } => "refused",
+            ProviderError::BadAnswer(_) => "bad_answer",
+        }
+    }
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn slug(&self) -> &'static str;
@@ -139,7 +152,7 @@ pub trait Provider: Send + Sync {
     fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url;
     async fn exchange_code(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         credentials: &ClientCredentials,
         code: &str,
         redirect_uri: &Url,
@@ -148,7 +161,7 @@ pub trait Provider: Send + Sync {
     /// `member_id` is an opaque, stable id of the patient within the project.
     async fn after_connect(
         &self,
-        _http: &reqwest::Client,
+        _http: &ProviderHttp,
         _tokens: &TokenSet,
         _member_id: &str,
     ) -> Result<(), ProviderError> {
@@ -160,14 +173,14 @@ pub trait Provider: Send + Sync {
     }
     async fn refresh(
         &self,
-        _http: &reqwest::Client,
+        _http: &ProviderHttp,
         _credentials: &ClientCredentials,
         _refresh_token: &SecretString,
     ) -> Result<RefreshedTokens, ProviderError> {
         Err(ProviderError::InvalidGrant)
     }
     /// Revokes our access at the provider. Access that is already gone counts as revoked.
-    async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError>;
+    async fn revoke(&self, http: &ProviderHttp, target: &RevocationTarget<'_>) -> Result<(), ProviderError>;
     /// The provider's data API, when Wearlink syncs its data.
     fn data(&self) -> Option<&dyn DataSource> {
         None
@@ -212,6 +225,42 @@ pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
         .expect("the HTTP client configuration is valid")
 }
 
+/// The client every provider call goes through, so each one is counted in the metrics (provider,
+/// operation, status class, time to the answer) where it really happens: one count per request,
+/// with the status the provider sent. Derefs to the `reqwest::Client` that builds requests.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    calls: crate::metrics::ProviderCalls,
+}
+
+impl ProviderHttp {
+    pub fn new(client: reqwest::Client, calls: crate::metrics::ProviderCalls) -> Self {
+        Self { client, calls }
+    }
+
+    /// Sends `request` (`provider` and `operation` name it in the metrics).
+    pub async fn send(
+        &self,
+        provider: &'static str,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let started = std::time::Instant::now();
+        let answer = request.send().await;
+        self.calls.observe(provider, operation, answer.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        answer
+    }
+}
+
+impl std::ops::Deref for ProviderHttp {
+    type Target = reqwest::Client;
+
+    fn deref(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
 type OAuthClient<EF> = Client<
     BasicErrorResponse,
     StandardTokenResponse<EF, BasicTokenType>,
@@ -227,6 +276,7 @@ type OAuthClient<EF> = Client<
 
 /// How a provider wants its OAuth2 code flow spoken.
 pub(crate) struct OAuthFlow<'a> {
+    pub provider: &'static str,
     pub urls: &'a ResolvedUrls,
     pub auth_type: AuthType,
     /// Joined into one `scope` parameter as the provider expects (Strava: commas).
@@ -257,14 +307,15 @@ impl OAuthFlow<'_> {
     /// Exchanges `code`; the caller reads its provider's extra fields from the answer.
     pub async fn exchange<EF: ExtraTokenFields>(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         credentials: &ClientCredentials,
         code: &str,
         redirect_uri: &Url,
     ) -> Result<StandardTokenResponse<EF, BasicTokenType>, ProviderError> {
+        let counted = CountedExchange { http, provider: self.provider };
         self.client::<EF>(credentials, redirect_uri)
             .exchange_code(AuthorizationCode::new(code.to_string()))
-            .request_async(http)
+            .request_async(&counted)
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) => {
@@ -275,6 +326,27 @@ impl OAuthFlow<'_> {
                 RequestTokenError::Parse(_, _) => ProviderError::BadAnswer("token answer"),
                 RequestTokenError::Other(_) => ProviderError::Refused { status: None, error: None },
             })
+    }
+}
+
+/// The oauth2 crate sends the code exchange itself: this counts it around reqwest's call.
+struct CountedExchange<'a> {
+    http: &'a ProviderHttp,
+    provider: &'static str,
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for CountedExchange<'_> {
+    type Error = <reqwest::Client as oauth2::AsyncHttpClient<'c>>::Error;
+    type Future = <reqwest::Client as oauth2::AsyncHttpClient<'c>>::Future;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let answer = self.http.client.call(request).await;
+            let status = answer.as_ref().ok().map(|r| r.status().as_u16());
+            self.http.calls.observe(self.provider, "token_exchange", status, started.elapsed());
+            answer
+        })
     }
 }
 
@@ -293,7 +365,8 @@ struct RawTokenAnswer {
 /// status and `Retry-After`, so a dead grant can be told from a passing failure. Strava's errors
 /// are not RFC 6749 shaped (`{"message", "errors": [{"resource", "field", "code"}]}`); both are read.
 pub(crate) async fn post_token_form(
-    http: &reqwest::Client,
+    http: &ProviderHttp,
+    provider: &'static str,
     url: &Url,
     form: &[(&str, &str)],
     basic: Option<&ClientCredentials>,
@@ -302,7 +375,7 @@ pub(crate) async fn post_token_form(
     if let Some(c) = basic {
         request = request.basic_auth(&c.client_id, Some(c.client_secret.expose_secret()));
     }
-    let response = request.send().await.map_err(|_| ProviderError::Unreachable)?;
+    let response = http.send(provider, "token_refresh", request).await.map_err(|_| ProviderError::Unreachable)?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = response.bytes().await.map_err(|_| ProviderError::Unreachable)?;
@@ -330,10 +403,12 @@ pub(crate) async fn post_token_form(
 /// Sends a provider API call whose success answers JSON. Errors: unreachable, refused (any
 /// status but 2xx), or an answer that is not JSON (`what` names it).
 pub(crate) async fn json_answer(
+    http: &ProviderHttp,
+    (provider, operation): (&'static str, &'static str),
     request: reqwest::RequestBuilder,
     what: &'static str,
 ) -> Result<serde_json::Value, ProviderError> {
-    let response = request.send().await.map_err(|_| ProviderError::Unreachable)?;
+    let response = http.send(provider, operation, request).await.map_err(|_| ProviderError::Unreachable)?;
     let status = response.status();
     if !status.is_success() {
         return Err(ProviderError::Refused { status: Some(status.as_u16()), error: None });

@@ -401,6 +401,8 @@ pub trait WebhookStore: Send + Sync {
     async fn list_events(&self, project_id: &str, filter: &EventFilter) -> StoreResult<Vec<WebhookEvent>>;
     /// How many of the project's events are in each state.
     async fn count_events(&self, project_id: &str) -> StoreResult<Vec<(String, i64)>>;
+    /// How many events of all projects are in each state (the metrics' inbox gauge).
+    async fn count_inbox(&self) -> StoreResult<Vec<(String, i64)>>;
     /// Puts an event of the project back to `received` and in the queue; false when there is none.
     async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool>;
 }
@@ -412,6 +414,18 @@ pub trait Backend: Send + Sync {
     /// How many write transactions are worth running at once (`crate::batch` keeps that many
     /// batches in flight): SQLite writes one at a time; a server overlaps their commits.
     fn parallel_writes(&self) -> usize;
+    /// The connection pool as it is now (for the metrics).
+    fn pool_stats(&self) -> PoolStats;
+}
+
+/// A store's connections: open (`size`), idle, the most it may open, and the tasks waiting for a
+/// connection to write (sqlx's pool does not expose its own queue of waiting readers).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+    pub waiting: u32,
 }
 
 /// Everything the service stores, as one object (`Arc<dyn Store>`).

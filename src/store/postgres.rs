@@ -15,6 +15,8 @@ use super::*;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Tasks waiting in `writer` for a connection (the metrics' pool waiters).
+    waiting: std::sync::atomic::AtomicU32,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -30,7 +32,7 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, waiting: Default::default() })
     }
 
     /// Reads and writes share one pool: the server runs them side by side.
@@ -39,7 +41,24 @@ impl PostgresStore {
     }
 
     async fn writer(&self) -> StoreResult<PoolConnection<Postgres>> {
+        let _waiting = Waiting::new(&self.waiting);
         Ok(self.pool.acquire().await?)
+    }
+}
+
+/// Counts a task waiting for a connection for as long as it waits (or until it is cancelled).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicU32) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -58,6 +77,15 @@ impl Backend for PostgresStore {
     /// (half the pool) and a longer tail, the cores then busy with more backends.
     fn parallel_writes(&self) -> usize {
         2
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+            max: self.pool.options().get_max_connections(),
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
 

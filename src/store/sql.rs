@@ -928,6 +928,13 @@ macro_rules! impl_sql_store {
             .await?)
         }
 
+        async fn count_inbox(&self) -> StoreResult<Vec<(String, i64)>> {
+            // Walks the (state, next_attempt_at) index, not the table.
+            Ok(sqlx::query_as("SELECT state, COUNT(*) FROM webhook_events GROUP BY state ORDER BY state")
+                .fetch_all(self.reader())
+                .await?)
+        }
+
         async fn replay_event(&self, project_id: &str, id: &str, now: i64) -> StoreResult<bool> {
             let mut writer = self.writer().await?;
             let mut tx = $begin_write(&mut writer).await?;

@@ -25,6 +25,8 @@ pub struct SqliteStore {
     acquire_timeout: Duration,
     /// Requests waiting for the writer: background work lets them go first.
     foreground_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every task waiting for the writer, background work included (the metrics' pool waiters).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     _checkpointer: AbortOnDrop,
 }
 
@@ -95,6 +97,7 @@ impl SqliteStore {
             readers,
             acquire_timeout: pool.acquire_timeout,
             foreground_waiting: Arc::default(),
+            waiting: Arc::default(),
             _checkpointer: AbortOnDrop(checkpointer),
         })
     }
@@ -120,9 +123,11 @@ impl SqliteStore {
         } else {
             Some(Waiting::new(&self.foreground_waiting))
         };
+        let queued = Waiting::new(&self.waiting);
         let mut writer = tokio::time::timeout(self.acquire_timeout, self.writer.lock())
             .await
             .map_err(|_| StoreError::Unavailable("timed out waiting for the database writer".into()))?;
+        drop(queued);
         if writer.is_in_transaction() {
             // The last holder was cancelled inside a transaction (a request timeout, a stopped
             // worker). Either its rollback is queued on the connection's thread but has not run
@@ -188,6 +193,17 @@ impl Backend for SqliteStore {
 
     fn parallel_writes(&self) -> usize {
         1
+    }
+
+    /// The read-only pool plus the one writing connection.
+    fn pool_stats(&self) -> PoolStats {
+        let writer_idle = u32::from(self.writer.try_lock().is_ok());
+        PoolStats {
+            size: self.readers.size() + 1,
+            idle: self.readers.num_idle() as u32 + writer_idle,
+            max: self.readers.options().get_max_connections() + 1,
+            waiting: self.waiting.load(std::sync::atomic::Ordering::Relaxed) as u32,
+        }
     }
 }
 

@@ -84,7 +84,7 @@ impl<'s> Session<'s> {
         for attempt in 0..3 {
             let retried = attempt > 0;
             self.reserve().await?;
-            let api = self.api();
+            let api = self.api("list");
             let answer = provider.data().expect("checked at open").list(&api, stream, range, cursor).await;
             let headers = api.take_headers();
             drop(api);
@@ -101,7 +101,7 @@ impl<'s> Session<'s> {
         for attempt in 0..3 {
             let retried = attempt > 0;
             self.reserve().await?;
-            let api = self.api();
+            let api = self.api("fetch");
             let answer = provider.data().expect("checked at open").fetch(&api, object).await;
             let headers = api.take_headers();
             drop(api);
@@ -113,8 +113,10 @@ impl<'s> Session<'s> {
         Err(CallError::Stopped("the provider keeps refusing renewed tokens".into()))
     }
 
-    fn api(&self) -> DataApi<'_> {
-        DataApi::new(&self.services.http, &self.provider.urls().api, self.token.clone())
+    /// The provider's API for one call of `operation` (as the metrics name it).
+    fn api(&self, operation: &'static str) -> DataApi<'_> {
+        let call = (self.provider.slug(), operation);
+        DataApi::new(&self.services.http, call, &self.provider.urls().api, self.token.clone())
     }
 
     async fn reserve(&self) -> Result<(), CallError> {

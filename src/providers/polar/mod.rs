@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{
-    revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls, ResolvedUrls,
-    RevocationTarget, TokenSet,
+    revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderHttp, ProviderUrls,
+    ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -36,7 +36,13 @@ impl Polar {
     }
 
     fn flow(&self) -> OAuthFlow<'_> {
-        OAuthFlow { urls: &self.urls, auth_type: AuthType::BasicAuth, scope: SCOPE.into(), extra_authorize_params: &[] }
+        OAuthFlow {
+            provider: SLUG,
+            urls: &self.urls,
+            auth_type: AuthType::BasicAuth,
+            scope: SCOPE.into(),
+            extra_authorize_params: &[],
+        }
     }
 }
 
@@ -76,7 +82,7 @@ impl Provider for Polar {
 
     async fn exchange_code(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         credentials: &ClientCredentials,
         code: &str,
         redirect_uri: &Url,
@@ -93,18 +99,16 @@ impl Provider for Polar {
     /// AccessLink only serves data for registered users; 409 means already registered.
     async fn after_connect(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         tokens: &TokenSet,
         member_id: &str,
     ) -> Result<(), ProviderError> {
-        let response = http
+        let request = http
             .post(self.urls.api_url("users"))
             .bearer_auth(tokens.access_token.expose_secret())
             .header(reqwest::header::ACCEPT, "application/json")
-            .json(&serde_json::json!({ "member-id": member_id }))
-            .send()
-            .await
-            .map_err(|_| ProviderError::Unreachable)?;
+            .json(&serde_json::json!({ "member-id": member_id }));
+        let response = http.send(SLUG, "register_user", request).await.map_err(|_| ProviderError::Unreachable)?;
         match response.status() {
             s if s.is_success() || s == StatusCode::CONFLICT => Ok(()),
             s => Err(ProviderError::Refused { status: Some(s.as_u16()), error: None }),
@@ -112,13 +116,11 @@ impl Provider for Polar {
     }
 
     /// AccessLink revokes by deleting the registered user.
-    async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError> {
-        let response = http
+    async fn revoke(&self, http: &ProviderHttp, target: &RevocationTarget<'_>) -> Result<(), ProviderError> {
+        let request = http
             .delete(self.urls.api_url(&format!("users/{}", target.remote_user_id)))
-            .bearer_auth(target.access_token.expose_secret())
-            .send()
-            .await
-            .map_err(|_| ProviderError::Unreachable)?;
+            .bearer_auth(target.access_token.expose_secret());
+        let response = http.send(SLUG, "revoke", request).await.map_err(|_| ProviderError::Unreachable)?;
         revocation_result(response.status())
     }
 }
@@ -194,7 +196,7 @@ impl PolarEvent {
 /// Creates the client's webhook (`POST /v3/webhooks`, Basic client credentials); Polar PINGs the
 /// URL first. Answers the webhook id and its `signature_secret_key`.
 pub async fn create_webhook(
-    http: &reqwest::Client,
+    http: &ProviderHttp,
     urls: &ResolvedUrls,
     credentials: &ClientCredentials,
     url: &str,
@@ -204,7 +206,7 @@ pub async fn create_webhook(
         .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
         .header(reqwest::header::ACCEPT, "application/json")
         .json(&serde_json::json!({ "events": WEBHOOK_EVENTS, "url": url }));
-    let body = super::json_answer(request, "webhook answer").await?;
+    let body = super::json_answer(http, (SLUG, "create_webhook"), request, "webhook answer").await?;
     let data = body.get("data").unwrap_or(&body);
     let id = super::id_text(data.get("id"));
     let key = data.get("signature_secret_key").and_then(|v| v.as_str()).map(String::from);

@@ -8,8 +8,8 @@ use url::Url;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    post_token_form, revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderUrls,
-    RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
+    post_token_form, revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderHttp,
+    ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -47,6 +47,7 @@ impl Strava {
 
     fn flow(&self) -> OAuthFlow<'_> {
         OAuthFlow {
+            provider: SLUG,
             urls: &self.urls,
             // Strava wants client_id and client_secret in the form, not HTTP Basic.
             auth_type: AuthType::RequestBody,
@@ -103,7 +104,7 @@ impl Provider for Strava {
 
     async fn exchange_code(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         credentials: &ClientCredentials,
         code: &str,
         redirect_uri: &Url,
@@ -125,7 +126,7 @@ impl Provider for Strava {
     /// Each refresh may hand back a new refresh token; the old one stops working once used.
     async fn refresh(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         credentials: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<RefreshedTokens, ProviderError> {
@@ -135,17 +136,13 @@ impl Provider for Strava {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        post_token_form(http, &self.urls.token, &form, None).await
+        post_token_form(http, SLUG, &self.urls.token, &form, None).await
     }
 
-    async fn revoke(&self, http: &reqwest::Client, target: &RevocationTarget<'_>) -> Result<(), ProviderError> {
+    async fn revoke(&self, http: &ProviderHttp, target: &RevocationTarget<'_>) -> Result<(), ProviderError> {
         let url = self.urls.revoke.clone().expect("Strava has a revoke URL");
-        let response = http
-            .post(url)
-            .form(&[("access_token", target.access_token.expose_secret())])
-            .send()
-            .await
-            .map_err(|_| ProviderError::Unreachable)?;
+        let request = http.post(url).form(&[("access_token", target.access_token.expose_secret())]);
+        let response = http.send(SLUG, "revoke", request).await.map_err(|_| ProviderError::Unreachable)?;
         revocation_result(response.status())
     }
 }
@@ -201,7 +198,7 @@ impl StravaEvent {
 /// Creates the push subscription of an app (`POST /push_subscriptions`); answers its id.
 /// Strava validates `callback_url` with a GET before it answers.
 pub async fn create_push_subscription(
-    http: &reqwest::Client,
+    http: &ProviderHttp,
     urls: &ResolvedUrls,
     credentials: &ClientCredentials,
     callback_url: &str,
@@ -213,6 +210,6 @@ pub async fn create_push_subscription(
         ("callback_url", callback_url),
         ("verify_token", verify_token),
     ]);
-    let body = super::json_answer(request, "subscription answer").await?;
+    let body = super::json_answer(http, (SLUG, "create_subscription"), request, "subscription answer").await?;
     super::id_text(body.get("id")).ok_or(ProviderError::BadAnswer("subscription answer without id"))
 }
