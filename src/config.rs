@@ -232,6 +232,16 @@ mod tests {
     }
 
     #[test]
+    fn metrics_move_to_their_own_listener_only_when_asked() {
+        assert_eq!(Config::from_vars(|_| None).unwrap().metrics_bind, None);
+        let config =
+            Config::from_vars(|name| (name == "WEARLINK_METRICS_BIND").then(|| "10.0.0.5:9090".to_string())).unwrap();
+        assert_eq!(config.metrics_bind, Some("10.0.0.5:9090".parse().unwrap()));
+        let err = Config::from_vars(|name| (name == "WEARLINK_METRICS_BIND").then(|| "9090".into())).unwrap_err();
+        assert!(err.to_string().contains("WEARLINK_METRICS_BIND"));
+    }
+
+    #[test]
     fn a_bad_value_names_the_variable() {
         let err = Config::from_vars(|name| (name == "WEARLINK_BIND").then(|| "nope".to_string())).unwrap_err();
         assert!(err.to_string().contains("WEARLINK_BIND"));
