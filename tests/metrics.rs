@@ -6,6 +6,7 @@ mod support;
 on_both_backends!(
     a_connect_and_its_callback_each_move_their_counters_by_exactly_one,
     failures_refreshes_and_revocations_are_counted_by_their_outcome,
+    webhook_events_are_counted_by_type_and_the_inbox_by_state,
     with_a_metrics_listener_the_api_listener_serves_no_metrics,
 );
 
@@ -205,6 +206,63 @@ async fn failures_refreshes_and_revocations_are_counted_by_their_outcome(backend
     assert_eq!(moved("wearlink_provider_calls_total", &call("revoke")), 1.0);
     let forged = [("method", "GET"), ("route", CALLBACK), ("status", "400")];
     assert_eq!(moved("wearlink_http_requests_total", &forged), 1.0);
+}
+
+async fn webhook_events_are_counted_by_type_and_the_inbox_by_state(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.configure("strava").await;
+    let admin = app.admin.clone();
+    let (status, body) = app.send("POST", "/v1/wearables/strava/webhook-subscription", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let patient = app.create_patient().await;
+    let (status, _, _) = app.connect_and_approve("strava", json!({"patientId": patient})).await;
+    assert_eq!(status, StatusCode::OK);
+    let athlete = app.stand_in.last_user_id().unwrap();
+    let before = scrape(&app).await;
+
+    let path = format!("/v1/wearables/strava/webhook/{}", app.project_id);
+    let event = |owner: u64, object_type: &str| {
+        json!({"aspect_type": "create", "event_time": 1764064000, "object_id": 9001, "object_type": object_type,
+               "owner_id": owner, "subscription_id": support::stand_in::STRAVA_SUBSCRIPTION_ID, "updates": {}})
+    };
+    // An activity (and Strava's retry of it), one of an athlete we do not know, and a type no
+    // provider documents.
+    for body in
+        [event(athlete, "activity"), event(athlete, "activity"), event(424242, "activity"), event(424242, "club")]
+    {
+        let (status, answer) = app.send("POST", &path, None, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let after = scrape(&app).await;
+
+    let moved = |name: &str, labels: &[(&str, &str)]| after.value(name, labels) - before.value(name, labels);
+    let received = |event_type| [("provider", "strava"), ("event_type", event_type)];
+    assert_eq!(moved("wearlink_webhook_events_received_total", &received("activity.create")), 3.0);
+    assert_eq!(moved("wearlink_webhook_events_received_total", &received("other")), 1.0);
+    let inbox = |s: &Scrape, state| s.value("wearlink_webhook_inbox_events", &[("state", state)]);
+    assert_eq!(inbox(&after, "received"), 1.0, "the retry is stored once");
+    assert_eq!(inbox(&after, "ignored"), 2.0, "events of unknown athletes are kept as ignored");
+    assert_eq!(inbox(&after, "dead"), 0.0);
+    let subscribe = [("provider", "strava"), ("operation", "create_subscription"), ("status_class", "2xx")];
+    assert_eq!(after.value("wearlink_provider_calls_total", &subscribe), 1.0);
+    for value in after.label_values() {
+        assert!(!value.contains(&app.project_id) && !value.contains("club"), "{value}");
+    }
+
+    // The worker processes the event: it leaves `received`, and its provider calls are counted.
+    app.sync().await;
+    let processed = scrape(&app).await;
+    assert_eq!(inbox(&processed, "received"), 0.0);
+    let settled: f64 = ["synced", "done", "ignored"].into_iter().map(|s| inbox(&processed, s)).sum();
+    assert_eq!(settled, 3.0);
+    let data_calls: f64 = processed
+        .0
+        .iter()
+        .filter(|s| s.name == "wearlink_provider_calls_total" && s.labels["provider"] == "strava")
+        .filter(|s| ["list", "fetch"].contains(&s.labels["operation"].as_str()))
+        .map(|s| s.value)
+        .sum();
+    assert!(data_calls >= 2.0, "the backfill's listing and the event's fetch: {data_calls}");
 }
 
 async fn with_a_metrics_listener_the_api_listener_serves_no_metrics(backend: Backend) {
