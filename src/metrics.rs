@@ -178,7 +178,7 @@ impl Metrics {
         );
         registry.register(
             "provider_call_duration_seconds",
-            "Time until a provider answered (headers), by provider, operation and status class",
+            "Time until a provider answered, by provider, operation and status class",
             provider_calls.duration.clone(),
         );
         let mut metrics = Self {
