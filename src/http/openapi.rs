@@ -1,7 +1,8 @@
 //! What every operation of the OpenAPI document shares, added from what the operation declares so
 //! that no annotation has to repeat it and none can forget it:
 //!
-//! - errors are `application/problem+json` (src/http/error.rs), whatever status they carry;
+//! - errors are `application/problem+json` (src/http/error.rs), whatever status they carry (FHIR
+//!   `OperationOutcome`s under `/fhir/R4` when the document describes that schema);
 //! - the errors an operation can answer by its kind: 401 when it takes a bearer token, 403 when it
 //!   needs the admin role (`security(("bearer" = ["admin"]))`), 400 when it has path or query
 //!   parameters or a body, 413 with a body, 500 when it reads the store, 503 always (the request
@@ -22,17 +23,33 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// The role an admin-only operation names in its security requirement.
 pub const ADMIN_ROLE: &str = "admin";
 
-/// The media type and schema of the errors answered on `path`.
-fn error_content(_path: &str) -> (&'static str, Content) {
-    (PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
+/// How errors are answered: problem+json, and under `/fhir/R4` a FHIR `OperationOutcome` once the
+/// document has that schema (the FHIR routes answer their errors as FHIR clients expect).
+#[derive(Clone, Copy)]
+struct Errors {
+    fhir_outcome: bool,
 }
+
+impl Errors {
+    /// The media type and schema of the errors answered on `path`.
+    fn content(self, path: &str) -> (&'static str, Content) {
+        if self.fhir_outcome && path.starts_with("/fhir/R4") {
+            return ("application/fhir+json", Content::new(Some(Ref::from_schema_name(OPERATION_OUTCOME))));
+        }
+        (PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
+    }
+}
+
+const OPERATION_OUTCOME: &str = "OperationOutcome";
 
 /// Completes the document built from the annotations (see the module's doc); the links come in `to_json`.
 pub fn complete(doc: &mut OpenApi) {
+    let fhir_outcome = doc.components.as_ref().is_some_and(|c| c.schemas.contains_key(OPERATION_OUTCOME));
+    let errors = Errors { fhir_outcome };
     for (path, item) in doc.paths.paths.iter_mut() {
         for operation in operations_mut(item) {
-            problem_media_types(path, operation);
-            shared_errors(path, operation);
+            problem_media_types(errors, path, operation);
+            shared_errors(errors, path, operation);
         }
     }
 }
@@ -54,7 +71,7 @@ fn security(operation: &Operation) -> (bool, bool) {
 
 /// Annotations write `body = Problem`, which utoipa files under `application/json`; the server
 /// sends it as `application/problem+json`.
-fn problem_media_types(path: &str, operation: &mut Operation) {
+fn problem_media_types(errors: Errors, path: &str, operation: &mut Operation) {
     for response in operation.responses.responses.values_mut() {
         let RefOr::T(response) = response else { continue };
         let is_problem = response
@@ -63,13 +80,13 @@ fn problem_media_types(path: &str, operation: &mut Operation) {
             .is_some_and(|c| matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")));
         if is_problem {
             response.content.shift_remove("application/json");
-            let (media_type, content) = error_content(path);
+            let (media_type, content) = errors.content(path);
             response.content.insert(media_type.to_string(), content);
         }
     }
 }
 
-fn shared_errors(path: &str, operation: &mut Operation) {
+fn shared_errors(errors: Errors, path: &str, operation: &mut Operation) {
     let (bearer, admin) = security(operation);
     let has_params =
         operation.parameters.iter().flatten().any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query));
@@ -79,7 +96,7 @@ fn shared_errors(path: &str, operation: &mut Operation) {
     let mut add = |status: &str, description: &str| {
         let responses = &mut operation.responses.responses;
         if !responses.contains_key(status) {
-            let (media_type, content) = error_content(path);
+            let (media_type, content) = errors.content(path);
             let mut response = Response::new(description);
             response.content.insert(media_type.to_string(), content);
             if status == "401" {
