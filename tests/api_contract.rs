@@ -13,12 +13,15 @@ on_both_backends!(
     the_fhir_store_keeps_patients,
     unknown_routes_and_methods_answer_problem_json,
     the_openapi_document_describes_every_route,
+    every_admin_route_refuses_strangers_and_members_before_reading_the_body,
+    every_error_is_documented_as_problem_json,
 );
 
 use reqwest::StatusCode;
 use serde_json::json;
 use support::stand_in::TokenMode;
-use support::{problem_code, Backend, Options, TestApp};
+use support::{contains, problem_code, Backend, Options, TestApp};
+use wearlink::Config;
 
 async fn connect_answers_each_error_of_the_contract(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -424,4 +427,271 @@ async fn a_request_past_the_time_limit_gets_a_timeout_problem(backend: Backend) 
     assert_eq!(problem_code(&body, status), "timeout");
     assert!(started.elapsed() < limit * 5, "answered at the limit, not when Strava answered");
     assert_eq!(app.endpoints_of(&patient).await["total"], 0);
+}
+
+/// The operations of the served OpenAPI document: `(METHOD, path template, operation)`.
+fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
+    let mut found = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                found.push((method.to_uppercase(), path.clone(), operation.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// The roles an operation's bearer requirement names: `None` when it takes no token.
+fn bearer_roles(operation: &serde_json::Value) -> Option<Vec<String>> {
+    let requirements = operation["security"].as_array()?;
+    let roles = requirements.iter().find_map(|r| r.get("bearer"))?;
+    Some(roles.as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect())
+}
+
+/// What each path parameter of the walk is: real ids of this project where they exist.
+struct Ids {
+    project: String,
+    patient: String,
+    connection: String,
+    webhook_endpoint: String,
+    delivery: String,
+}
+
+fn fill(path: &str, ids: &Ids) -> String {
+    let mut filled = path.to_string();
+    while let Some(start) = filled.find('{') {
+        let end = start + filled[start..].find('}').unwrap();
+        let value = match (&filled[start + 1..end], path) {
+            ("provider", _) => "strava",
+            ("key", p) if p.contains("/settings/") => "WEARABLE_POLAR_ENABLED",
+            ("key", _) => "WEARABLE_STRAVA_CLIENT_SECRET",
+            ("projectId", _) => &ids.project,
+            ("patientId", _) => &ids.patient,
+            ("endpointId", _) => &ids.connection,
+            ("id", p) if p.starts_with("/v1/webhook-deliveries/") => &ids.delivery,
+            ("id", p) if p.starts_with("/v1/webhook-endpoints/") => &ids.webhook_endpoint,
+            ("id", _) => &ids.patient,
+            _ => "unknown",
+        }
+        .to_string();
+        filled.replace_range(start..=end, &value);
+    }
+    filled
+}
+
+/// What an admin reads back through every read operation of the document.
+async fn everything_readable(app: &TestApp, doc: &serde_json::Value, ids: &Ids) -> Vec<(String, StatusCode, String)> {
+    let mut seen = Vec::new();
+    for (method, path, operation) in operations(doc) {
+        if method == "GET" && bearer_roles(&operation).is_some() {
+            let path = fill(&path, ids);
+            let (status, body) = app.send("GET", &path, Some(&app.admin.clone()), None).await;
+            seen.push((path, status, body.to_string()));
+        }
+    }
+    seen
+}
+
+fn assert_problem(response: &reqwest::Response, what: &str) {
+    assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}");
+}
+
+/// Junk bodies a member sends to routes it may not call: none of them must be read.
+fn junk_bodies() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        ("application/json", br#"{"value": true"#),
+        ("application/json", br#"{"value": true}"#),
+        ("text/plain", b"not json at all"),
+    ]
+}
+
+/// Sends the head of a request announcing a body of twice the limit and only its first 64 KiB,
+/// then reads the answer: an answer at all proves the server did not wait for the body.
+/// Answers the status and the content type.
+async fn answer_to_a_body_never_sent(app: &TestApp, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        wearlink::http::MAX_BODY_BYTES * 2
+    );
+    if let Some(token) = token {
+        head.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = async {
+        while !contains(&answer, "\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "connection closed without an answer");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer while the body was still coming"));
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let status = text[9..12].parse().unwrap();
+    let content_type =
+        text.lines().find_map(|l| l.strip_prefix("content-type: ")).unwrap_or_default().trim().to_string();
+    (status, content_type)
+}
+
+/// Issue 11 §2: who calls, and whether the role may call, is settled before the body is read.
+/// The admin routes are those of the served document whose bearer requirement names the `admin`
+/// role, so a new one is walked without touching this test; and every other route with a token
+/// must not refuse a member, so the document cannot under-declare one either.
+async fn every_admin_route_refuses_strangers_and_members_before_reading_the_body(backend: Backend) {
+    fn loopback(c: &mut Config) {
+        c.outbound.allow_loopback = true;
+    }
+    let app = TestApp::spawn_with(backend, Options { tweak: loopback, ..Options::default() }).await;
+    let admin = app.admin.clone();
+    // A project with something behind every id: a connection, a webhook endpoint, a delivery.
+    app.configure("strava").await;
+    let patient = app.create_patient().await;
+    let (_, _, page) = app.connect_and_approve("strava", json!({"patientId": patient})).await;
+    let connection = page["endpointId"].as_str().expect("connected").to_string();
+    let (s, created) = app
+        .send("POST", "/v1/webhook-endpoints", Some(&admin), Some(json!({"url": "http://127.0.0.1:9/events"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let webhook_endpoint = created["id"].as_str().unwrap().to_string();
+    let (s, _) = app.send("POST", &format!("/v1/webhook-endpoints/{webhook_endpoint}/test"), Some(&admin), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (_, listed) =
+        app.send("GET", &format!("/v1/webhook-endpoints/{webhook_endpoint}/deliveries"), Some(&admin), None).await;
+    let delivery = listed["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let ids = Ids { project: app.project_id.clone(), patient, connection, webhook_endpoint, delivery };
+
+    let (_, doc) = app.send("GET", "/openapi.json", None, None).await;
+    let member = app.member_token().await;
+    let before = everything_readable(&app, &doc, &ids).await;
+
+    let mut admin_routes = Vec::new();
+    let mut member_routes = Vec::new();
+    for (method, template, operation) in operations(&doc) {
+        let Some(roles) = bearer_roles(&operation) else { continue };
+        let path = fill(&template, &ids);
+        let what = format!("{method} {path}");
+        let has_body = operation.get("requestBody").is_some();
+        let request = |token: Option<&str>, content_type: &str, body: &[u8]| {
+            let mut request = app.http.request(method.parse().unwrap(), app.url(&path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if has_body {
+                request = request.header("content-type", content_type).body(body.to_vec());
+            }
+            request.send()
+        };
+
+        // No token: 401, whatever the body.
+        for (content_type, body) in junk_bodies() {
+            let response = request(None, content_type, body).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what} without a token");
+            assert_problem(&response, &what);
+            assert_eq!(response.headers()["www-authenticate"], "Bearer", "{what}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(problem_code(&body, StatusCode::UNAUTHORIZED), "unauthorized", "{what}");
+        }
+        if has_body {
+            let answer = answer_to_a_body_never_sent(&app, &method, &path, None).await;
+            assert_eq!(answer, (401, "application/problem+json".into()), "{what}: too large, without a token");
+        }
+
+        if !roles.iter().any(|r| r == "admin") {
+            member_routes.push((method.clone(), path.clone()));
+            continue;
+        }
+        admin_routes.push(format!("{method} {template}"));
+        // A member: 403, before the body is read (malformed, wrong shape, wrong type, too large).
+        for (content_type, body) in junk_bodies() {
+            let response = request(Some(&member), content_type, body).await.unwrap();
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{what} as a member ({content_type})");
+            assert_problem(&response, &what);
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(problem_code(&body, StatusCode::FORBIDDEN), "forbidden", "{what}");
+        }
+        if has_body {
+            let answer = answer_to_a_body_never_sent(&app, &method, &path, Some(&member)).await;
+            assert_eq!(answer, (403, "application/problem+json".into()), "{what}: too large, as a member");
+            // The same junk from an admin is refused for what it is: the 403 came first.
+            let response = request(Some(&admin), "application/json", br#"{"value": true"#).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}: malformed JSON as admin");
+        }
+    }
+    assert_eq!(everything_readable(&app, &doc, &ids).await, before, "refused calls changed nothing");
+
+    // The other routes with a token are for members, as the document says (some change things,
+    // so they come after the comparison above).
+    for (method, path) in member_routes {
+        let (status, body) = app.send(&method, &path, Some(&member), Some(json!({"value": true}))).await;
+        assert_ne!(status, StatusCode::FORBIDDEN, "{method} {path} is for members, as documented: {body}");
+    }
+
+    // The walk covered the admin routes we know of (and whatever else the document marks).
+    for known in [
+        "PUT /v1/project/settings/{key}",
+        "GET /v1/project/secrets",
+        "PUT /v1/project/secrets/{key}",
+        "DELETE /v1/project/secrets/{key}",
+        "PUT /v1/wearables/{provider}/credentials",
+        "POST /v1/wearables/connections/{endpointId}/token",
+        "POST /v1/wearables/connections/{endpointId}/sync",
+        "POST /v1/wearables/{provider}/webhook-subscription",
+        "GET /v1/wearables/events",
+        "POST /v1/wearables/events/{eventId}/replay",
+        "POST /v1/webhook-endpoints",
+        "PATCH /v1/webhook-endpoints/{id}",
+        "POST /v1/webhook-deliveries/{id}/retry",
+    ] {
+        assert!(admin_routes.iter().any(|r| r == known), "{known} is not marked admin in the document");
+    }
+    assert_eq!(admin_routes.len(), 21, "{admin_routes:#?}");
+}
+
+/// Issue 11 §1: errors are sent as `application/problem+json`, so the document says so, for
+/// every error status of every operation; and each operation lists the errors of its kind.
+/// (schemathesis checks the same against the running server: .ci/schemathesis.sh.)
+async fn every_error_is_documented_as_problem_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, doc) = app.send("GET", "/openapi.json", None, None).await;
+    // FHIR routes answer their errors as FHIR OperationOutcomes, where the document has them.
+    let fhir_outcomes = doc["components"]["schemas"].get("OperationOutcome").is_some();
+    for (method, path, operation) in operations(&doc) {
+        let what = format!("{method} {path}");
+        let media_type = match path.starts_with("/fhir/R4") && fhir_outcomes {
+            true => "application/fhir+json",
+            false => "application/problem+json",
+        };
+        let responses = operation["responses"].as_object().unwrap();
+        for (status, response) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                let content = response["content"].as_object().unwrap_or_else(|| panic!("{what} {status}: no body"));
+                assert_eq!(content.keys().collect::<Vec<_>>(), [media_type], "{what} {status}");
+            }
+        }
+        let has = |status: &str| responses.contains_key(status);
+        assert!(has("503"), "{what}: the time limit applies to every route");
+        if let Some(roles) = bearer_roles(&operation) {
+            assert!(has("401"), "{what}");
+            assert_eq!(has("403"), roles.iter().any(|r| r == "admin"), "{what}");
+        }
+        if operation.get("requestBody").is_some() {
+            assert!(has("400") && has("413"), "{what}");
+        }
+    }
+    // The callback's redirect and where it goes.
+    let redirect = &doc["paths"]["/v1/wearables/{provider}/callback"]["get"]["responses"]["303"];
+    assert!(redirect["headers"]["Location"].is_object(), "{redirect}");
+    // The stateful links: a created Patient's id into connect.
+    let link = &doc["paths"]["/fhir/R4/Patient"]["post"]["responses"]["201"]["links"]["ConnectStrava"];
+    assert_eq!(link["operationId"], "connect");
+    assert_eq!(link["requestBody"]["patientId"], "$response.body#/id");
 }

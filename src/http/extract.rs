@@ -1,5 +1,9 @@
-//! Extractors whose rejections are problem+json: the bearer-token `Principal`, JSON bodies,
-//! paths and queries.
+//! Extractors whose rejections are problem+json: the bearer-token `Principal` (and `Admin`),
+//! JSON bodies, paths and queries.
+//!
+//! Handlers take the caller first (`Principal` or `Admin`), then the path, the query and the body
+//! last: axum runs extractors in that order, so a caller who may not call an operation gets its 401
+//! or 403 before anything of the request is read or validated (and learns nothing of its shape).
 
 use std::sync::Arc;
 
@@ -24,6 +28,19 @@ impl FromRequestParts<Arc<Services>> for Principal {
             return Err(Error::Unauthenticated.into());
         }
         Ok(projects::authenticate(services, token.trim()).await?)
+    }
+}
+
+/// A caller whose token has the admin role: no valid token → 401, another role → 403.
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<Arc<Services>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, services: &Arc<Services>) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, services).await?;
+        principal.require_admin()?;
+        Ok(Admin(principal))
     }
 }
 

@@ -32,9 +32,24 @@ fn resource_response(status: StatusCode, resource: &StoredResource) -> Response 
     response
 }
 
+/// A FHIR R4 Patient to create: any Patient (`resourceType` is all that is checked); `id` and
+/// `meta` are the server's. Documents the body, which the handler reads as JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NewPatient {
+    #[schema(rename = "resourceType")]
+    resource_type: PatientType,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum PatientType {
+    Patient,
+}
+
 /// Creates a Patient in the caller's project; the server assigns `id` and `meta`.
 #[utoipa::path(post, path = "/fhir/R4/Patient", tag = "fhir", security(("bearer" = [])),
-    request_body(content = Object, content_type = "application/fhir+json", description = "A FHIR R4 Patient"),
+    request_body(content = NewPatient, content_type = "application/fhir+json", description = "A FHIR R4 Patient"),
     responses((status = 201, description = "The stored Patient", content_type = "application/fhir+json", body = Object),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_patient(

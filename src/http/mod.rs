@@ -23,6 +23,7 @@ pub mod error;
 mod extract;
 mod fhir;
 mod metrics;
+mod openapi;
 mod outbound;
 mod project;
 mod wearables;
@@ -78,7 +79,7 @@ async fn readyz(State(services): State<Arc<Services>>) -> error::ApiResult<Json<
 
 /// Every route and its OpenAPI description, from the same code.
 fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(wearables::connect))
@@ -111,17 +112,20 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(outbound::test_endpoint))
         .routes(routes!(outbound::list_deliveries))
         .routes(routes!(outbound::retry_delivery))
-        .split_for_parts()
+        .split_for_parts();
+    openapi::complete(&mut doc);
+    (router, doc)
 }
 
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().1
+/// The OpenAPI document, as `/openapi.json` serves it.
+pub fn openapi() -> serde_json::Value {
+    openapi::to_json(&routes().1)
 }
 
 /// The whole application: what `serve` runs and what tests drive.
 pub fn router(services: Arc<Services>) -> Router {
     let (router, openapi) = routes();
-    let openapi = Arc::new(openapi);
+    let openapi = Arc::new(openapi::to_json(&openapi));
     let request_timeout = services.config.request_timeout;
     // With WEARLINK_METRICS_BIND set, /metrics is served on that listener only.
     let router = match services.config.metrics_bind {

@@ -11,9 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiResult, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use crate::events::endpoints::{self, EndpointChange, NewEndpoint};
-use crate::projects::Principal;
 use crate::store::outbound::{DeliveryRecord, EndpointRecord};
 use crate::Services;
 
@@ -147,13 +146,12 @@ fn no_store(mut response: Response) -> Response {
 }
 
 /// Registers an endpoint for outbound events (admin); its secret is shown only in this answer.
-#[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "events", security(("bearer" = ["admin"])),
     request_body = EndpointBody,
-    responses((status = 201, body = EndpointView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = EndpointView), (status = 422, body = Problem)))]
 pub async fn create_endpoint(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiJson(body): ApiJson<EndpointBody>,
 ) -> ApiResult<Response> {
     let new = NewEndpoint { url: body.url, events: body.events, description: body.description };
@@ -163,37 +161,35 @@ pub async fn create_endpoint(
 }
 
 /// The project's endpoints (admin); never their secrets.
-#[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "events", security(("bearer" = [])),
-    responses((status = 200, body = EndpointsResponse), (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "events", security(("bearer" = ["admin"])),
+    responses((status = 200, body = EndpointsResponse)))]
 pub async fn list_endpoints(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
 ) -> ApiResult<Json<EndpointsResponse>> {
     let endpoints = endpoints::list(&s, &principal).await?.into_iter().map(Into::into).collect();
     Ok(Json(EndpointsResponse { endpoints }))
 }
 
-#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", tag = "events", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
-    responses((status = 200, body = EndpointView), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = EndpointView), (status = 404, body = Problem)))]
 pub async fn get_endpoint(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<EndpointView>> {
     Ok(Json(endpoints::get(&s, &principal, &id).await?.into()))
 }
 
 /// Changes the URL, the event types or `enabled` (re-enabling a disabled endpoint).
-#[utoipa::path(patch, path = "/v1/webhook-endpoints/{id}", tag = "events", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/v1/webhook-endpoints/{id}", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
     request_body = EndpointPatch,
-    responses((status = 200, body = EndpointView), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = EndpointView), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn update_endpoint(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<EndpointPatch>,
 ) -> ApiResult<Json<EndpointView>> {
@@ -203,12 +199,12 @@ pub async fn update_endpoint(
 }
 
 /// Deletes an endpoint; its pending deliveries are dropped.
-#[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", tag = "events", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/webhook-endpoints/{id}", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_endpoint(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     endpoints::delete(&s, &principal, &id).await?;
@@ -216,13 +212,12 @@ pub async fn delete_endpoint(
 }
 
 /// A new secret; the old one keeps signing beside it for 24 hours (both signatures are sent).
-#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
-    responses((status = 200, body = SecretResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = SecretResponse), (status = 404, body = Problem)))]
 pub async fn rotate_secret(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let secret = endpoints::rotate_secret(&s, &principal, &id).await?;
@@ -230,13 +225,12 @@ pub async fn rotate_secret(
 }
 
 /// Sends a `webhook-endpoint.test` event to this endpoint.
-#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/test", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/test", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
-    responses((status = 202, body = TestResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem, description = "The endpoint is disabled")))]
+    responses((status = 202, body = TestResponse), (status = 404, body = Problem), (status = 409, body = Problem, description = "The endpoint is disabled")))]
 pub async fn test_endpoint(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<TestResponse>)> {
     let event_id = endpoints::test(&s, &principal, &id).await?;
@@ -244,13 +238,12 @@ pub async fn test_endpoint(
 }
 
 /// The endpoint's deliveries, newest first: attempts, last status and error, next attempt.
-#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "events", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path), DeliveriesQuery),
-    responses((status = 200, body = DeliveriesResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = DeliveriesResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn list_deliveries(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeliveriesQuery>,
 ) -> ApiResult<Json<DeliveriesResponse>> {
@@ -259,12 +252,12 @@ pub async fn list_deliveries(
 }
 
 /// Sends a delivery again (a failed one, typically), now.
-#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/retry", tag = "events", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/retry", tag = "events", security(("bearer" = ["admin"])),
     params(("id" = String, Path)),
-    responses((status = 202), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 202), (status = 404, body = Problem)))]
 pub async fn retry_delivery(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     endpoints::retry(&s, &principal, &id).await?;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiResult, Problem};
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{Admin, ApiJson, ApiPath};
 use crate::projects::{self, Principal};
 use crate::Services;
 
@@ -55,21 +55,20 @@ pub struct SecretsResponse {
 
 /// The project's settings.
 #[utoipa::path(get, path = "/v1/project/settings", tag = "project", security(("bearer" = [])),
-    responses((status = 200, body = SettingsResponse), (status = 401, body = Problem)))]
+    responses((status = 200, body = SettingsResponse)))]
 pub async fn get_settings(State(s): State<Arc<Services>>, principal: Principal) -> ApiResult<Json<SettingsResponse>> {
     let settings = projects::settings(&s, &principal).await?;
     Ok(Json(SettingsResponse { project_id: principal.project_id, settings }))
 }
 
 /// Sets one setting (admin). Answers all settings.
-#[utoipa::path(put, path = "/v1/project/settings/{key}", tag = "project", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/project/settings/{key}", tag = "project", security(("bearer" = ["admin"])),
     params(("key" = String, Path, description = "WEARABLE_STRAVA_ENABLED, WEARABLE_POLAR_ENABLED or WEARABLE_REDIRECT_ALLOWLIST")),
     request_body = SettingBody,
-    responses((status = 200, body = SettingsResponse), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = SettingsResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn put_setting(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<SettingBody>,
 ) -> ApiResult<Json<SettingsResponse>> {
@@ -79,9 +78,9 @@ pub async fn put_setting(
 }
 
 /// Names and update times of the project's secrets (admin); never values.
-#[utoipa::path(get, path = "/v1/project/secrets", tag = "project", security(("bearer" = [])),
-    responses((status = 200, body = SecretsResponse), (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn list_secrets(State(s): State<Arc<Services>>, principal: Principal) -> ApiResult<Json<SecretsResponse>> {
+#[utoipa::path(get, path = "/v1/project/secrets", tag = "project", security(("bearer" = ["admin"])),
+    responses((status = 200, body = SecretsResponse)))]
+pub async fn list_secrets(State(s): State<Arc<Services>>, Admin(principal): Admin) -> ApiResult<Json<SecretsResponse>> {
     let secrets = projects::list_secrets(&s, &principal)
         .await?
         .into_iter()
@@ -91,14 +90,13 @@ pub async fn list_secrets(State(s): State<Arc<Services>>, principal: Principal) 
 }
 
 /// Stores a secret (admin), encrypted at rest. Write-only: the value is never returned.
-#[utoipa::path(put, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = ["admin"])),
     params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_{CLIENT_ID,CLIENT_SECRET,WEBHOOK_SECRET}")),
     request_body = SecretBody,
-    responses((status = 200, body = SecretInfo), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = SecretInfo), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn put_secret(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<SecretBody>,
 ) -> ApiResult<Json<SecretInfo>> {
@@ -107,12 +105,12 @@ pub async fn put_secret(
 }
 
 /// Deletes a secret (admin); deleting one that is not set also answers 204.
-#[utoipa::path(delete, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = ["admin"])),
     params(("key" = String, Path)),
-    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_secret(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(key): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     projects::delete_secret(&s, &principal, &key).await?;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use crate::connect::{self, CallbackParams, ConnectRequest};
 use crate::projects::{self, CredentialsStatus, NewCredentials, Principal};
 use crate::Services;
@@ -94,8 +94,7 @@ fn no_store(mut response: Response) -> Response {
 #[utoipa::path(post, path = "/v1/wearables/{provider}/connect", tag = "wearables", security(("bearer" = [])),
     params(("provider" = String, Path, description = "strava or polar")),
     request_body = ConnectBody,
-    responses((status = 200, body = ConnectResponse), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem), (status = 500, body = Problem)))]
+    responses((status = 200, body = ConnectResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn connect(
     State(s): State<Arc<Services>>,
     principal: Principal,
@@ -123,7 +122,8 @@ pub async fn connect(
 /// `status`, `provider`, `patientId` and `endpointId` or `error` added, or answers a JSON page.
 #[utoipa::path(get, path = "/v1/wearables/{provider}/callback", tag = "wearables",
     params(("provider" = String, Path), CallbackQuery),
-    responses((status = 303, description = "Redirect to the redirectUri with the outcome in its query"),
+    responses((status = 303, description = "Redirect to the redirectUri with the outcome in its query",
+            headers(("Location" = String, description = "The redirectUri with `status`, `provider`, `patientId` and `endpointId` or `error` added"))),
         (status = 200, body = CallbackSuccess), (status = 400, body = Problem, description = "Unknown, expired, reused or other-provider state; or the user declined"),
         (status = 404, body = Problem), (status = 422, body = Problem), (status = 502, body = Problem)))]
 pub async fn callback(
@@ -151,26 +151,25 @@ pub async fn callback(
 }
 
 /// Whether the provider's OAuth app is configured (admin). Never a value.
-#[utoipa::path(get, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = ["admin"])),
     params(("provider" = String, Path)),
-    responses((status = 200, body = CredentialsResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = CredentialsResponse), (status = 404, body = Problem)))]
 pub async fn get_credentials(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(provider): ApiPath<String>,
 ) -> ApiResult<Json<CredentialsResponse>> {
     Ok(Json(projects::credentials(&s, &principal, &provider).await?.into()))
 }
 
 /// Sets the provider's client id and secret, and optionally its webhook secret (admin).
-#[utoipa::path(put, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = ["admin"])),
     params(("provider" = String, Path)),
     request_body = CredentialsBody,
-    responses((status = 200, body = CredentialsResponse), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = CredentialsResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn put_credentials(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(provider): ApiPath<String>,
     ApiJson(body): ApiJson<CredentialsBody>,
 ) -> ApiResult<Json<CredentialsResponse>> {
@@ -183,12 +182,12 @@ pub async fn put_credentials(
 }
 
 /// Removes the provider's client id, client secret and webhook secret (admin).
-#[utoipa::path(delete, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/wearables/{provider}/credentials", tag = "wearables", security(("bearer" = ["admin"])),
     params(("provider" = String, Path)),
-    responses((status = 200, body = CredentialsResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = CredentialsResponse), (status = 404, body = Problem)))]
 pub async fn delete_credentials(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(provider): ApiPath<String>,
 ) -> ApiResult<Json<CredentialsResponse>> {
     Ok(Json(projects::delete_credentials(&s, &principal, &provider).await?.into()))
@@ -223,7 +222,7 @@ pub struct Connection {
     pub last_refreshed_at: Option<i64>,
     pub last_error: Option<String>,
     /// Data sync of this connection.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub sync: Option<serde_json::Value>,
 }
 
@@ -252,7 +251,7 @@ pub struct AccessTokenResponse {
 /// The project's connections, optionally filtered by patient and provider.
 #[utoipa::path(get, path = "/v1/wearables/connections", tag = "wearables", security(("bearer" = [])),
     params(ConnectionsQuery),
-    responses((status = 200, body = ConnectionsResponse), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = ConnectionsResponse), (status = 404, body = Problem)))]
 pub async fn list_connections(
     State(s): State<Arc<Services>>,
     principal: Principal,
@@ -285,7 +284,7 @@ pub async fn list_connections(
 #[utoipa::path(delete, path = "/v1/wearables/{provider}/connections/{patientId}", tag = "wearables",
     security(("bearer" = [])),
     params(("provider" = String, Path), ("patientId" = String, Path)),
-    responses((status = 200, body = DisconnectResponse), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = DisconnectResponse), (status = 404, body = Problem),
         (status = 422, body = Problem)))]
 pub async fn disconnect(
     State(s): State<Arc<Services>>,
@@ -299,13 +298,12 @@ pub async fn disconnect(
 /// A currently valid access token for the platform's own data jobs (admin; refreshed first when
 /// about to expire). Every call is audited.
 #[utoipa::path(post, path = "/v1/wearables/connections/{endpointId}/token", tag = "wearables",
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     params(("endpointId" = String, Path)),
-    responses((status = 200, body = AccessTokenResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem, description = "The connection is not active")))]
+    responses((status = 200, body = AccessTokenResponse), (status = 404, body = Problem), (status = 409, body = Problem, description = "The connection is not active")))]
 pub async fn access_token(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(endpoint_id): ApiPath<String>,
 ) -> ApiResult<Response> {
     use secrecy::ExposeSecret;
@@ -351,19 +349,17 @@ fn instant(value: Option<serde_json::Value>, name: &str) -> Result<Option<i64>, 
 
 /// Queues a resync of a range (admin). Idempotent: unchanged data keeps its versions.
 #[utoipa::path(post, path = "/v1/wearables/connections/{endpointId}/sync", tag = "wearables",
-    security(("bearer" = [])),
+    security(("bearer" = ["admin"])),
     params(("endpointId" = String, Path)),
     request_body(content = ResyncRequest, content_type = "application/json"),
-    responses((status = 202, body = ResyncResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem, description = "The connection is not active"),
+    responses((status = 202, body = ResyncResponse), (status = 404, body = Problem), (status = 409, body = Problem, description = "The connection is not active"),
         (status = 422, body = Problem)))]
 pub async fn resync(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(endpoint_id): ApiPath<String>,
     ApiJson(request): ApiJson<ResyncRequest>,
 ) -> ApiResult<(StatusCode, Json<ResyncResponse>)> {
-    principal.require_admin()?;
     let (from, to) = (instant(request.from, "from")?, instant(request.to, "to")?);
     let (from, to) = crate::sync::request_resync(&s, &principal, &endpoint_id, from, to).await?;
     Ok((StatusCode::ACCEPTED, Json(ResyncResponse { queued: true, from, to })))

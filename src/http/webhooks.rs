@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, Problem};
-use super::extract::{ApiPath, ApiQuery, RawBody};
-use crate::projects::Principal;
+use super::extract::{Admin, ApiPath, ApiQuery, RawBody};
 use crate::store::EventFilter;
 use crate::webhooks::{self, Receipt};
 use crate::Services;
@@ -162,12 +161,11 @@ pub async fn deliver(
 
 /// Creates the webhook subscription at the provider for this project (admin).
 #[utoipa::path(post, path = "/v1/wearables/{provider}/webhook-subscription", tag = "webhooks",
-    security(("bearer" = [])), params(("provider" = String, Path)),
-    responses((status = 200, body = SubscriptionResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem), (status = 502, body = Problem)))]
+    security(("bearer" = ["admin"])), params(("provider" = String, Path)),
+    responses((status = 200, body = SubscriptionResponse), (status = 404, body = Problem), (status = 422, body = Problem), (status = 502, body = Problem)))]
 pub async fn subscribe(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(provider): ApiPath<String>,
 ) -> ApiResult<Json<SubscriptionResponse>> {
     let (id, url) = webhooks::subscribe(&s, &principal, &provider).await?;
@@ -175,12 +173,12 @@ pub async fn subscribe(
 }
 
 /// Received events and their processing state (admin), newest first.
-#[utoipa::path(get, path = "/v1/wearables/events", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/wearables/events", tag = "webhooks", security(("bearer" = ["admin"])),
     params(EventsQuery),
-    responses((status = 200, body = EventsResponse), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = EventsResponse)))]
 pub async fn list_events(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Json<EventsResponse>> {
     let filter = EventFilter { patient_id: q.patient_id, state: q.state };
@@ -207,13 +205,12 @@ pub async fn list_events(
 }
 
 /// Puts an event (a dead letter, typically) back in the processing queue (admin).
-#[utoipa::path(post, path = "/v1/wearables/events/{eventId}/replay", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/wearables/events/{eventId}/replay", tag = "webhooks", security(("bearer" = ["admin"])),
     params(("eventId" = String, Path)),
-    responses((status = 200, body = OkResponse), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = OkResponse), (status = 404, body = Problem)))]
 pub async fn replay(
     State(s): State<Arc<Services>>,
-    principal: Principal,
+    Admin(principal): Admin,
     ApiPath(event_id): ApiPath<String>,
 ) -> ApiResult<Json<OkResponse>> {
     webhooks::replay(&s, &principal, &event_id).await?;
