@@ -23,6 +23,8 @@ pub mod error;
 mod extract;
 mod fhir;
 mod outbound;
+mod page;
+mod page_text;
 mod project;
 mod wearables;
 mod webhooks;
@@ -85,6 +87,8 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(wearables::disconnect))
         .routes(routes!(wearables::access_token))
         .routes(routes!(wearables::resync))
+        .routes(routes!(page::create_session))
+        .routes(routes!(page::delete_session))
         .routes(routes!(webhooks::challenge, webhooks::deliver))
         .routes(routes!(webhooks::subscribe))
         .routes(routes!(webhooks::list_events))
@@ -122,6 +126,8 @@ pub fn router(services: Arc<Services>) -> Router {
     let request_timeout = services.config.request_timeout;
     router
         .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        // The hosted connect page: HTML for people, outside the OpenAPI document.
+        .route("/connect/{token}", get(page::show).post(page::act))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
