@@ -314,7 +314,21 @@ async fn a_link_ended_while_at_the_provider_connects_nothing(backend: Backend) {
     assert!(app.endpoints_of(&patient).await["entry"].as_array().is_none_or(|e| e.is_empty()));
 }
 
+async fn ended_sessions_are_swept_and_live_ones_kept(backend: Backend) {
+    let (app, patient, member) = clinic(backend, Options::default()).await;
+    let (ended, id) = session_url(&app, &member, json!({"patientId": patient})).await;
+    let (live, _) = session_url(&app, &member, json!({"patientId": patient})).await;
+    let (status, _) = app.send("DELETE", &format!("/v1/wearables/connect-sessions/{id}"), Some(&member), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // What the sweeper does a day after the end, a day early.
+    let swept = app.services.store.delete_connect_sessions_before(wearlink::time::now_ms() + 1).await.unwrap();
+    assert_eq!(swept, 1);
+    assert_eq!(get_page(&app, &ended, "en").await.0, StatusCode::NOT_FOUND, "gone for good");
+    assert_eq!(get_page(&app, &live, "en").await.0, StatusCode::OK);
+}
+
 on_both_backends!(
+    ended_sessions_are_swept_and_live_ones_kept,
     a_platform_gets_a_link_that_shows_the_patient_its_providers,
     sessions_are_checked_like_connect,
     a_deleted_or_unknown_link_shows_a_page_without_detail,
