@@ -342,6 +342,22 @@ on_both_backends!(
 
 // ---- in a real browser (SQLite) ----
 
+/// The lowest contrast ratio (WCAG 2) of any text on the page against the background behind it.
+const LOWEST_CONTRAST: &str = r#"
+const rgb = c => c.match(/[\d.]+/g).map(Number);
+const lum = ([r, g, b]) => { const f = v => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+const behind = el => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor);
+  if (c.length < 4 || c[3] > 0) return c; } return [255, 255, 255]; };
+let lowest = 21;
+for (const el of document.querySelectorAll('h1, h2, p, button')) {
+  if (!el.offsetParent && el.tagName !== 'BODY') continue;
+  const a = lum(rgb(getComputedStyle(el).color)), b = lum(behind(el));
+  lowest = Math.min(lowest, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05));
+}
+return lowest;
+"#;
+
 /// Writes the README's screenshots when `WEARLINK_WRITE_SCREENSHOTS=1`.
 fn keep_screenshot(name: &str, png: &[u8]) {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
@@ -377,6 +393,8 @@ async fn in_a_browser_a_patient_connects_strava_and_returns_to_the_platform() {
     assert_eq!(browser.text("#provider-strava .state").await, "✓ Connected");
     assert_eq!(browser.text("#provider-polar .state").await, "Not connected");
     assert_eq!(app.endpoints_of(&patient).await["entry"][0]["resource"]["status"], "active");
+    let contrast = browser.eval(LOWEST_CONTRAST).await.as_f64().unwrap();
+    assert!(contrast >= 4.5, "AA contrast, lowest {contrast:.2}");
     keep_screenshot("connect-page-desktop.png", &browser.screenshot().await);
 
     browser.click("#done").await;
@@ -508,5 +526,23 @@ async fn in_a_browser_a_keyboard_alone_reaches_connect_and_starts_it() {
     assert_eq!(outline, "solid", "the focus is visible");
     browser.press(Key::Enter).await;
     browser.wait_for_url(&app.stand_in.url("/strava/oauth/authorize")).await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_the_page_follows_a_dark_colour_scheme() {
+    let options = BrowserOptions { width: 360, height: 740, phone: true, dark: true, ..Default::default() };
+    let Some(browser) = Browser::start(options).await else { return };
+    let (app, patient, member) = clinic(Backend::Sqlite, Options::default()).await;
+    let (url, _) = session_url(&app, &member, json!({"patientId": patient})).await;
+
+    browser.goto(&url).await;
+    browser.find("#connect-strava").await;
+    assert_eq!(browser.eval("return matchMedia('(prefers-color-scheme: dark)').matches").await, true);
+    assert_eq!(browser.eval("return getComputedStyle(document.body).backgroundColor").await, "rgb(18, 18, 21)");
+    assert_eq!(browser.eval("return getComputedStyle(document.body).color").await, "rgb(236, 236, 241)");
+    let contrast = browser.eval(LOWEST_CONTRAST).await.as_f64().unwrap();
+    assert!(contrast >= 4.5, "AA contrast in the dark too, lowest {contrast:.2}");
+    keep_screenshot("connect-page-phone-dark.png", &browser.screenshot().await);
     browser.close().await;
 }

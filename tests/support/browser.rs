@@ -21,11 +21,13 @@ pub struct BrowserOptions {
     pub accept_language: &'static str,
     /// A phone: the viewport is exactly `width` CSS pixels, device pixel ratio 2, touch.
     pub phone: bool,
+    /// The system prefers a dark colour scheme.
+    pub dark: bool,
 }
 
 impl Default for BrowserOptions {
     fn default() -> Self {
-        Self { width: 1280, height: 900, accept_language: "en-US,en", phone: false }
+        Self { width: 1280, height: 900, accept_language: "en-US,en", phone: false, dark: false }
     }
 }
 
@@ -86,6 +88,9 @@ impl Browser {
         ];
         if options.phone {
             args.push("--hide-scrollbars".into());
+        }
+        if options.dark {
+            args.push("--force-dark-mode".into());
         }
         let mut chrome = json!({
             "binary": CHROMIUM,
