@@ -8,8 +8,14 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Debian's paths; `WEARLINK_TEST_CHROMIUM` / `WEARLINK_TEST_CHROMEDRIVER` point elsewhere.
+fn chromium() -> String {
+    std::env::var("WEARLINK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+fn chromedriver() -> String {
+    std::env::var("WEARLINK_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into())
+}
 
 /// One browser story at a time: two cores are shared with the servers under test.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,14 +46,22 @@ pub struct Browser {
 
 /// Whether the browser stories can run here; `false` (after saying so) skips them.
 pub fn available() -> bool {
-    let present = std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
+    let (chromium, chromedriver) = (chromium(), chromedriver());
+    let present = std::path::Path::new(&chromium).exists() && std::path::Path::new(&chromedriver).exists();
     if !present {
         if std::env::var("WEARLINK_TEST_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
-            panic!("WEARLINK_TEST_REQUIRE_BROWSER=1 but {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+            panic!("WEARLINK_TEST_REQUIRE_BROWSER=1 but {chromium} or {chromedriver} is missing (apt-get install chromium chromium-driver)");
         }
-        eprintln!(
-            "SKIPPED: browser story needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
-        );
+        // Straight to stderr, past the test harness's capture, once: a skip must be seen.
+        static NOTICE: std::sync::Once = std::sync::Once::new();
+        NOTICE.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n** BROWSER STORIES SKIPPED: {chromium} or {chromedriver} is missing \
+                 (apt-get install chromium chromium-driver; WEARLINK_TEST_REQUIRE_BROWSER=1 fails instead) **\n"
+            );
+        });
     }
     present
 }
@@ -63,7 +77,7 @@ impl Browser {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
-        let driver = tokio::process::Command::new(CHROMEDRIVER)
+        let driver = tokio::process::Command::new(chromedriver())
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,7 +107,7 @@ impl Browser {
             args.push("--force-dark-mode".into());
         }
         let mut chrome = json!({
-            "binary": CHROMIUM,
+            "binary": chromium(),
             "args": args,
             "prefs": {"intl.accept_languages": options.accept_language},
         });
