@@ -77,8 +77,11 @@ impl Browser {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
+        // Its own process group, with the Chromium it starts: a story that fails before closing
+        // the browser still ends both (see `Drop`).
         let driver = tokio::process::Command::new(chromedriver())
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -96,6 +99,8 @@ impl Browser {
             "--disable-component-update".into(),
             "--disable-sync".into(),
             "--disable-dev-shm-usage".into(),
+            "--disable-crash-reporter".into(),
+            "--disable-breakpad".into(),
             format!("--user-data-dir={}", profile.path().display()),
             format!("--window-size={},{}", options.width, options.height),
             format!("--lang={}", options.accept_language.split(',').next().unwrap_or("en")),
@@ -194,6 +199,15 @@ impl Browser {
     }
 
     pub async fn close(self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // ChromeDriver and the Chromium it started, even when the story failed before `close`.
+        if let Some(pid) = self._driver.id() {
+            let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pid}")]).status();
+        }
     }
 }
