@@ -327,7 +327,27 @@ async fn ended_sessions_are_swept_and_live_ones_kept(backend: Backend) {
     assert_eq!(get_page(&app, &live, "en").await.0, StatusCode::OK);
 }
 
+async fn done_without_a_redirect_says_goodbye_in_the_patients_language(backend: Backend) {
+    let (app, patient, member) = clinic(backend, Options::default()).await;
+    let (url, _) = session_url(&app, &member, json!({"patientId": patient})).await;
+    let response = app
+        .http
+        .post(&url)
+        .header("sec-fetch-site", "same-origin")
+        .header("accept-language", "de-CH, en;q=0.4")
+        .form(&[("session", token_of(&url).as_str()), ("action", "done")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let html = response.text().await.unwrap();
+    assert!(html.contains("Sie können dieses Fenster jetzt schließen."), "{html}");
+    assert_eq!(get_page(&app, &url, "en").await.0, StatusCode::GONE, "the link is spent");
+}
+
 on_both_backends!(
+    done_without_a_redirect_says_goodbye_in_the_patients_language,
     ended_sessions_are_swept_and_live_ones_kept,
     a_platform_gets_a_link_that_shows_the_patient_its_providers,
     sessions_are_checked_like_connect,
