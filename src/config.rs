@@ -43,6 +43,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long a connect `state` stays valid.
     pub state_ttl: Duration,
+    /// How long a hosted connect page session (its link) stays valid.
+    pub connect_session_ttl: Duration,
     /// How long API tokens, settings and secrets may be served from memory (0: not cached).
     pub cache_ttl: Duration,
     pub log_json: bool,
@@ -72,6 +74,7 @@ impl Config {
             provider_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             state_ttl: Duration::from_secs(600),
+            connect_session_ttl: Duration::from_secs(1800),
             cache_ttl: crate::cache::DEFAULT_TTL,
             log_json: false,
             refresh: RefreshPolicy::default(),
@@ -110,6 +113,13 @@ impl Config {
         config.request_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_REQUEST_TIMEOUT_MS", "30000")?);
         config.state_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_STATE_TTL_SECS", "600")?);
         config.cache_ttl = Duration::from_millis(parse_var(&var, "WEARLINK_CACHE_TTL_MS", "2000")?);
+        config.connect_session_ttl = Duration::from_secs(parse_var(&var, "WEARLINK_CONNECT_SESSION_TTL_SECS", "1800")?);
+        if config.connect_session_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "WEARLINK_CONNECT_SESSION_TTL_SECS".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         config.refresh.window = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_WINDOW_SECS", "1800")?);
         config.refresh.lease = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_LEASE_SECS", "120")?);
         config.refresh.concurrency = parse_var(&var, "WEARLINK_REFRESH_CONCURRENCY", "16")?;
@@ -213,6 +223,7 @@ mod tests {
         assert_eq!(config.base_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(config.database_url, "sqlite://wearlink-data/wearlink.db");
         assert_eq!(config.state_ttl, Duration::from_secs(600));
+        assert_eq!(config.connect_session_ttl, Duration::from_secs(1800));
         assert_eq!(config.pool.max_connections, 4, "SQLite readers");
         assert_eq!(config.cache_ttl, Duration::from_secs(2));
         let postgres =

@@ -46,6 +46,19 @@ fn state_key(state: &str) -> String {
 pub struct ConnectRequest {
     pub patient_id: String,
     pub redirect_uri: Option<String>,
+    /// The hosted connect page session this connect comes from (`crate::connect_sessions`).
+    pub session: Option<SessionLink>,
+}
+
+/// A connect session and its token: the callback brings the patient back to that session's page.
+pub struct SessionLink {
+    pub session_id: String,
+    pub token: String,
+}
+
+/// What a session's token is sealed to in a state row: the session and the state.
+fn session_owner(session_id: &str, state_key: &str) -> String {
+    format!("connect-session:{session_id}:{state_key}")
 }
 
 pub struct ConnectStart {
@@ -70,7 +83,7 @@ pub fn is_fhir_id(id: &str) -> bool {
 }
 
 /// An absolute http(s) URL without user info.
-fn parse_redirect_uri(raw: &str) -> Result<Url> {
+pub(crate) fn parse_redirect_uri(raw: &str) -> Result<Url> {
     let url = Url::parse(raw).map_err(|_| Error::Invalid("redirectUri must be an absolute URL".into()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(Error::Invalid("redirectUri must be an http(s) URL".into()));
@@ -133,6 +146,10 @@ async fn start_with(
 
     let now = now_ms();
     let (state, state_hash) = new_state(now);
+    let session = request.session.map(|link| crate::store::StateSession {
+        token: services.keyring.seal(link.token.as_bytes(), &session_owner(&link.session_id, &state_hash)),
+        session_id: link.session_id,
+    });
     let inserted = services
         .writes
         .insert_state
@@ -144,6 +161,7 @@ async fn start_with(
             redirect_uri: redirect_uri.map(String::from),
             created_at: now,
             expires_at: now + services.config.state_ttl.as_millis() as i64,
+            session,
         })
         .await?;
     if !inserted {
@@ -177,6 +195,8 @@ pub enum Failure {
     TokenExchangeFailed,
     ProviderRegistrationFailed,
     ServerError,
+    /// The connect came from a hosted page session that has since expired or been deleted.
+    SessionEnded,
 }
 
 impl Failure {
@@ -190,6 +210,7 @@ impl Failure {
             Failure::TokenExchangeFailed => "token_exchange_failed",
             Failure::ProviderRegistrationFailed => "provider_registration_failed",
             Failure::ServerError => "server_error",
+            Failure::SessionEnded => "session_ended",
         }
     }
 }
@@ -201,6 +222,8 @@ pub struct Callback {
     pub redirect_uri: Option<Url>,
     /// The Endpoint id, or why it failed.
     pub result: std::result::Result<String, Failure>,
+    /// Set when the connect came from a hosted connect page: the patient goes back there.
+    pub session: Option<SessionLink>,
 }
 
 impl Callback {
@@ -248,8 +271,33 @@ async fn finish_with(
         return Err(Error::InvalidState);
     }
     let redirect_uri = record.redirect_uri.as_deref().and_then(|u| Url::parse(u).ok());
-    let result = complete(services, provider, &record, &params).await;
-    Ok(Callback { provider: slug.into(), patient_id: record.patient_id, redirect_uri, result })
+    let session = match &record.session {
+        Some(s) => Some(open_session_link(services, s, &record.state_hash).await?),
+        None => None,
+    };
+    let result = match &session {
+        Some((_, false)) => Err(Failure::SessionEnded),
+        _ => complete(services, provider, &record, &params).await,
+    };
+    let session = session.map(|(link, _)| link);
+    Ok(Callback { provider: slug.into(), patient_id: record.patient_id, redirect_uri, result, session })
+}
+
+/// The session a state came from, with its token, and whether the session is still open: a
+/// session deleted or expired while the patient was at the provider connects nothing more.
+async fn open_session_link(
+    services: &Services,
+    stored: &crate::store::StateSession,
+    state_key: &str,
+) -> Result<(SessionLink, bool)> {
+    let token = services.keyring.open(&stored.token, &session_owner(&stored.session_id, state_key))?;
+    let token = String::from_utf8(token).map_err(|_| crate::crypto::CryptoError::Open)?;
+    let open = services
+        .store
+        .find_connect_session(&stored.session_id)
+        .await?
+        .is_some_and(|s| s.ended_at.is_none() && s.expires_at > now_ms());
+    Ok((SessionLink { session_id: stored.session_id.clone(), token }, open))
 }
 
 async fn complete(
@@ -359,6 +407,7 @@ mod tests {
             patient_id: "p1".into(),
             redirect_uri: Some(Url::parse(redirect).unwrap()),
             result,
+            session: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod connect;
+pub mod connect_sessions;
 pub mod connections;
 pub mod crypto;
 pub mod error;

@@ -94,6 +94,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.bind;
     let services = Services::start(config).await?;
     services.spawn_state_sweeper(Duration::from_secs(60));
+    services.spawn_every(Duration::from_secs(600), |services| async move {
+        if let Err(e) = wearlink::connect_sessions::sweep(&services).await {
+            tracing::warn!(error = %e, "sweeping ended connect sessions failed");
+        }
+    });
     wearlink::connections::spawn_workers(&services, services.config.refresh_interval);
     // Webhook events, backfills, resyncs and reconciliation: the sync worker of the job queue.
     wearlink::sync::spawn_worker(&services);

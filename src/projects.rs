@@ -36,6 +36,8 @@ impl Principal {
 }
 
 pub const REDIRECT_ALLOWLIST: &str = "WEARABLE_REDIRECT_ALLOWLIST";
+/// Origins that may frame the hosted connect page (none unless set).
+pub const CONNECT_FRAME_ANCESTORS: &str = "WEARABLE_CONNECT_FRAME_ANCESTORS";
 const SECRET_SUFFIXES: [&str; 3] = ["CLIENT_ID", "CLIENT_SECRET", "WEBHOOK_SECRET"];
 const MAX_SECRET_LEN: usize = 4096;
 
@@ -102,7 +104,7 @@ enum SettingKind {
 }
 
 fn setting_kind(services: &Services, key: &str) -> Option<SettingKind> {
-    if key == REDIRECT_ALLOWLIST {
+    if key == REDIRECT_ALLOWLIST || key == CONNECT_FRAME_ANCESTORS {
         return Some(SettingKind::Value);
     }
     if key == crate::sync::BACKFILL_DAYS_SETTING {

@@ -81,6 +81,7 @@ impl ApiError {
                     Failure::ProviderDisabled | Failure::CredentialsMissing => S::UNPROCESSABLE_ENTITY,
                     Failure::TokenExchangeFailed | Failure::ProviderRegistrationFailed => S::BAD_GATEWAY,
                     Failure::ServerError => S::INTERNAL_SERVER_ERROR,
+                    Failure::SessionEnded => S::GONE,
                 };
                 (status, failure.code(), detail)
             }

@@ -25,6 +25,8 @@ mod fhir;
 mod metrics;
 mod openapi;
 mod outbound;
+mod page;
+mod page_text;
 mod project;
 mod wearables;
 mod webhooks;
@@ -89,6 +91,8 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(wearables::disconnect))
         .routes(routes!(wearables::access_token))
         .routes(routes!(wearables::resync))
+        .routes(routes!(page::create_session))
+        .routes(routes!(page::delete_session))
         .routes(routes!(webhooks::challenge, webhooks::deliver))
         .routes(routes!(webhooks::subscribe))
         .routes(routes!(webhooks::list_events))
@@ -134,6 +138,8 @@ pub fn router(services: Arc<Services>) -> Router {
     };
     router
         .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        // The hosted connect page: HTML for people, outside the OpenAPI document.
+        .route("/connect/{token}", get(page::show).post(page::act))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -105,7 +105,7 @@ pub async fn connect(
         &s,
         &principal,
         &provider,
-        ConnectRequest { patient_id: body.patient_id, redirect_uri: body.redirect_uri },
+        ConnectRequest { patient_id: body.patient_id, redirect_uri: body.redirect_uri, session: None },
     )
     .await?;
     Ok(no_store(
@@ -133,7 +133,10 @@ pub async fn callback(
 ) -> ApiResult<Response> {
     let params = CallbackParams { state: query.state, code: query.code, error: query.error, scope: query.scope };
     let outcome = connect::finish(&s, &provider, params).await?;
-    let response = if let Some(target) = outcome.redirect_target() {
+    let response = if let Some(page) = crate::connect_sessions::return_url(&s, &outcome) {
+        // A connect from the hosted page: back to it (the URL holds the session token).
+        (StatusCode::SEE_OTHER, [(header::LOCATION, page.to_string())]).into_response()
+    } else if let Some(target) = outcome.redirect_target() {
         (StatusCode::SEE_OTHER, [(header::LOCATION, target.to_string())]).into_response()
     } else {
         match outcome.result {

@@ -8,13 +8,16 @@ use crate::crypto::Sealed;
 
 pub mod outbound;
 mod postgres;
+pub mod sessions;
 mod sql;
 mod sql_outbound;
+mod sql_sessions;
 mod sql_sync;
 mod sqlite;
 pub mod sync;
 
 pub use outbound::OutboundStore;
+pub use sessions::{ConnectSessionRecord, SessionStore};
 pub use sync::{JobStore, ResourceStore, SyncStore};
 
 pub use postgres::PostgresStore;
@@ -146,6 +149,16 @@ pub struct OAuthStateRecord {
     pub redirect_uri: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
+    /// Set when the connect was started from a hosted connect page (`crate::connect_sessions`).
+    pub session: Option<StateSession>,
+}
+
+/// The connect session a state came from, and that session's token sealed to the state, so the
+/// callback can send the patient back to the page (the session itself keeps only a hash).
+#[derive(Clone, Debug)]
+pub struct StateSession {
+    pub session_id: String,
+    pub token: Sealed,
 }
 
 /// The private side of an Endpoint: the sealed tokens and what the refresher needs.
@@ -439,6 +452,7 @@ pub trait Store:
     + ResourceStore
     + SyncStore
     + OutboundStore
+    + SessionStore
     + Backend
 {
 }
@@ -452,6 +466,7 @@ impl<T> Store for T where
         + ResourceStore
         + SyncStore
         + OutboundStore
+        + SessionStore
         + Backend
 {
 }

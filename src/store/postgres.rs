@@ -10,6 +10,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
 use super::sql::impl_sql_store;
 use super::sql_outbound::impl_outbound_store;
+use super::sql_sessions::impl_session_store;
 use super::sql_sync::impl_sync_store;
 use super::*;
 
@@ -115,3 +116,5 @@ impl_outbound_store!(
     lock_rows: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",
 );
+
+impl_session_store!(store: PostgresStore, row: PgRow);

@@ -33,6 +33,16 @@ macro_rules! impl_sql_store {
             redirect_uri: row.try_get("redirect_uri")?,
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
+            session: match (
+                row.try_get::<Option<String>, _>("session_id")?,
+                row.try_get::<Option<String>, _>("session_key_id")?,
+                row.try_get::<Option<Vec<u8>>, _>("session_token")?,
+            ) {
+                (Some(session_id), Some(key_id), Some(blob)) => {
+                    Some($crate::store::StateSession { session_id, token: Sealed { key_id, blob } })
+                }
+                _ => None,
+            },
         })
     }
 
@@ -327,9 +337,11 @@ macro_rules! impl_sql_store {
     #[async_trait]
     impl $crate::store::StateStore for $store {
         async fn insert_state(&self, state: &OAuthStateRecord) -> StoreResult<()> {
+            let session = state.session.as_ref();
             sqlx::query(
-                "INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
+                                           session_id, session_key_id, session_token)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(&state.state_hash)
             .bind(&state.project_id)
@@ -338,6 +350,9 @@ macro_rules! impl_sql_store {
             .bind(&state.redirect_uri)
             .bind(state.created_at)
             .bind(state.expires_at)
+            .bind(session.map(|s| s.session_id.clone()))
+            .bind(session.map(|s| s.token.key_id.clone()))
+            .bind(session.map(|s| s.token.blob.clone()))
             .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
@@ -348,17 +363,21 @@ macro_rules! impl_sql_store {
                 return Ok(Vec::new());
             }
             let sql = format!(
-                "WITH v (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at) AS
+                "WITH v (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
+                         session_id, session_key_id, session_token) AS
                      (VALUES {})
-                 INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at)
-                 SELECT state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at FROM v
+                 INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
+                                           session_id, session_key_id, session_token)
+                 SELECT state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
+                        session_id, session_key_id, session_token FROM v
                  WHERE EXISTS (SELECT 1 FROM fhir_resources r
                                WHERE r.resource_type = 'Patient' AND r.id = v.patient_id AND r.project_id = v.project_id)
                  RETURNING state_hash",
-                $crate::store::sql::value_rows(states.len(), 7, |p| format!("({})", p.join(", "))),
+                $crate::store::sql::value_rows(states.len(), 10, |p| format!("({})", p.join(", "))),
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for state in states {
+                let session = state.session.as_ref();
                 query = query
                     .bind(&state.state_hash)
                     .bind(&state.project_id)
@@ -366,7 +385,10 @@ macro_rules! impl_sql_store {
                     .bind(&state.provider)
                     .bind(&state.redirect_uri)
                     .bind(state.created_at)
-                    .bind(state.expires_at);
+                    .bind(state.expires_at)
+                    .bind(session.map(|s| s.session_id.clone()))
+                    .bind(session.map(|s| s.token.key_id.clone()))
+                    .bind(session.map(|s| s.token.blob.clone()));
             }
             Ok(query.fetch_all(&mut *self.writer().await?).await?.into_iter().map(|(hash,)| hash).collect())
         }
@@ -377,7 +399,8 @@ macro_rules! impl_sql_store {
             }
             let sql = format!(
                 "DELETE FROM oauth_states WHERE state_hash IN {}
-                 RETURNING state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at",
+                 RETURNING state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
+                           session_id, session_key_id, session_token",
                 $crate::store::sql::parameter_list(state_hashes.len()),
             );
             let mut query = sqlx::query(&sql);

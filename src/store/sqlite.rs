@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::impl_sql_store;
 use super::sql_outbound::impl_outbound_store;
+use super::sql_sessions::impl_session_store;
 use super::sql_sync::impl_sync_store;
 use super::*;
 
@@ -233,6 +234,8 @@ impl_outbound_store!(
     lock_rows: "",
     skip_locked: "",
 );
+
+impl_session_store!(store: SqliteStore, row: SqliteRow);
 
 #[cfg(test)]
 mod tests {

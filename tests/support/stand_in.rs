@@ -85,6 +85,8 @@ pub struct StandIn {
     mode: Arc<Mutex<TokenMode>>,
     revoke_mode: Arc<Mutex<TokenMode>>,
     deny: Arc<Mutex<bool>>,
+    /// The authorize step shows a page with Approve / Deny buttons instead of deciding at once.
+    interactive: Arc<Mutex<bool>>,
     /// The data APIs' activities, nights, limits and logs.
     pub(crate) data: Arc<Mutex<stand_in_data::Data>>,
 }
@@ -99,10 +101,13 @@ impl StandIn {
             mode: Arc::new(Mutex::new(TokenMode::Normal)),
             revoke_mode: Arc::new(Mutex::new(TokenMode::Normal)),
             deny: Arc::new(Mutex::new(false)),
+            interactive: Arc::new(Mutex::new(false)),
             data: Arc::default(),
         };
         let app = Router::new()
             .route("/strava/oauth/authorize", get(strava_authorize))
+            .route("/strava/oauth/authorize/decide", post(strava_decide))
+            .route("/polar/oauth2/authorization/decide", post(polar_decide))
             .route("/strava/oauth/token", post(strava_token))
             .route("/polar/oauth2/authorization", get(polar_authorize))
             .route("/polar/v2/oauth2/token", post(polar_token))
@@ -181,6 +186,11 @@ impl StandIn {
 
     pub fn revocations(&self) -> Vec<(&'static str, String)> {
         self.inner.lock().unwrap().revocations.clone()
+    }
+
+    /// The authorize step shows a page where a person (a browser) approves or denies.
+    pub fn set_interactive(&self, interactive: bool) {
+        *self.interactive.lock().unwrap() = interactive;
     }
 
     /// The user declines at the authorize page.
@@ -269,6 +279,22 @@ impl StandIn {
         expected_scope: &str,
         q: &HashMap<String, String>,
     ) -> Response {
+        if *self.interactive.lock().unwrap() {
+            return authorize_page(provider, q);
+        }
+        let deny = *self.deny.lock().unwrap();
+        self.decide(provider, expected_client, expected_scope, q, deny)
+    }
+
+    /// The user's decision at the authorize step: back to `redirect_uri` with a code or an error.
+    fn decide(
+        &self,
+        provider: &'static str,
+        expected_client: &str,
+        expected_scope: &str,
+        q: &HashMap<String, String>,
+        deny: bool,
+    ) -> Response {
         let field = |k: &str| q.get(k).cloned().unwrap_or_default();
         if field("client_id") != expected_client || field("response_type") != "code" {
             return (StatusCode::BAD_REQUEST, "bad client_id or response_type").into_response();
@@ -281,7 +307,7 @@ impl StandIn {
         }
         let redirect_uri = field("redirect_uri");
         let mut back = url::Url::parse(&redirect_uri).expect("redirect_uri is a URL");
-        if *self.deny.lock().unwrap() {
+        if deny {
             back.query_pairs_mut().append_pair("state", &field("state")).append_pair("error", "access_denied");
         } else {
             let code = format!("code-{}", uuid::Uuid::new_v4().simple());
@@ -373,6 +399,40 @@ async fn strava_authorize(State(s): State<StandIn>, Query(q): Query<HashMap<Stri
 
 async fn polar_authorize(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
     s.authorize("polar", POLAR_CLIENT_ID, "accesslink.read_all", &q)
+}
+
+/// The interactive authorize page: the request's fields carried in two forms, Approve and Deny.
+fn authorize_page(provider: &'static str, q: &HashMap<String, String>) -> Response {
+    let action = match provider {
+        "strava" => "/strava/oauth/authorize/decide",
+        _ => "/polar/oauth2/authorization/decide",
+    };
+    let escape = |v: &str| v.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;");
+    let hidden: String = q
+        .iter()
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)))
+        .collect();
+    let form = |decision: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"{action}\">{hidden}<input type=\"hidden\" name=\"decision\" value=\"{decision}\"><button id=\"{decision}\">{label}</button></form>"
+        )
+    };
+    let body = format!(
+        "<!doctype html><title>{provider} authorize</title><h1>Authorize app ({provider} stand-in)</h1>{}{}",
+        form("approve", "Authorize"),
+        form("deny", "Cancel")
+    );
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+async fn strava_decide(State(s): State<StandIn>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let deny = form.get("decision").map(String::as_str) != Some("approve");
+    s.decide("strava", STRAVA_CLIENT_ID, "read,activity:read_all", &form, deny)
+}
+
+async fn polar_decide(State(s): State<StandIn>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let deny = form.get("decision").map(String::as_str) != Some("approve");
+    s.decide("polar", POLAR_CLIENT_ID, "accesslink.read_all", &form, deny)
 }
 
 /// Strava: client credentials in the form; errors in Strava's own shape.
