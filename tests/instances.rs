@@ -123,6 +123,9 @@ async fn expired_states_are_swept_safely_by_several_instances(backend: Backend) 
 /// `/readyz` says so, a pending connect is not lost, and everything recovers by itself.
 #[tokio::test]
 async fn the_service_survives_the_database_going_away() {
+    if !support::postgres_available() {
+        return;
+    }
     let target: std::net::SocketAddr = {
         let url = url::Url::parse(&support::postgres_admin_url()).unwrap();
         format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432)).parse().unwrap()
