@@ -64,7 +64,7 @@ impl Services {
         };
         let keyring = crypto::Keyring::from_encoded(&master_key, &config.previous_master_keys)?;
         let store = store::connect(&config.database_url, &config.pool).await?;
-        Ok(Arc::new(Self {
+        let services = Arc::new(Self {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::http_client(config.provider_timeout),
             outbound_http: events::http_client(&config.outbound),
@@ -76,7 +76,39 @@ impl Services {
             keyring,
             store,
             config,
-        }))
+        });
+        services.follow_changes().await;
+        Ok(services)
+    }
+
+    /// Applies to the cache what the database announces about changes to cached data (PostgreSQL:
+    /// see `cache`). Waits a little for the listener to be up, so that an instance answering
+    /// requests already hears; if it is not, the cache's TTL is the bound until it is.
+    async fn follow_changes(self: &Arc<Self>) {
+        const START_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+        let services = Arc::downgrade(self);
+        let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+        let up_tx = std::sync::Mutex::new(Some(up_tx));
+        let on_notice = move |notice| {
+            let Some(services) = services.upgrade() else { return };
+            match notice {
+                store::ChangeNotice::Changed(change) => services.cache.heard(change),
+                store::ChangeNotice::Acked(id) => services.cache.acked(id),
+                store::ChangeNotice::Listening => {
+                    services.cache.set_listening(true);
+                    if let Some(up) = up_tx.lock().expect("lock").take() {
+                        let _ = up.send(());
+                    }
+                }
+                store::ChangeNotice::Lost => services.cache.set_listening(false),
+            }
+        };
+        if !self.store.listen_for_changes(Arc::new(on_notice)) {
+            return;
+        }
+        if tokio::time::timeout(START_WAIT, up_rx).await.is_err() {
+            tracing::warn!("not yet listening for cache changes; until then changes made elsewhere take up to WEARLINK_CACHE_TTL_MS");
+        }
     }
 
     /// A name for one claim of this process (a refresh, a batch of jobs): two claimers in the same

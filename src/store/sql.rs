@@ -181,6 +181,15 @@ macro_rules! impl_sql_store {
             .transpose()
         }
 
+        async fn delete_api_token(&self, token_hash: &str) -> StoreResult<bool> {
+            let deleted = sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .execute(&mut *self.writer().await?)
+                .await?
+                .rows_affected();
+            Ok(deleted == 1)
+        }
+
         async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>> {
             let rows = sqlx::query("SELECT key, value FROM project_settings WHERE project_id = $1 ORDER BY key")
                 .bind(project_id)

@@ -47,6 +47,12 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// The address of the PostgreSQL server tests use (for a `FlakyProxy` in front of it).
+pub fn postgres_addr() -> std::net::SocketAddr {
+    let url = url::Url::parse(&postgres_admin_url()).unwrap();
+    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432)).parse().unwrap()
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
     std::env::var("WEARLINK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -328,6 +334,14 @@ impl TestApp {
     pub async fn second_instance(&self) -> (String, Arc<Services>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         serve(self.services.config.clone(), listener).await
+    }
+
+    /// Another instance as `second_instance`, with a change to its configuration.
+    pub async fn second_instance_with(&self, tweak: impl FnOnce(&mut Config)) -> (String, Arc<Services>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = self.services.config.clone();
+        tweak(&mut config);
+        serve(config, listener).await
     }
 
     /// Runs the sync worker's due jobs now (the test app starts no background worker).
