@@ -137,11 +137,36 @@ impl Services {
     /// Deletes expired connect states every `every`, so the table cannot grow without bound.
     pub fn spawn_state_sweeper(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
         self.spawn_every(every, |services| async move {
-            match services.store.delete_expired_states(time::now_ms()).await {
+            match services.sweep_expired_states().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(swept = n, "expired connect states deleted"),
                 Err(e) => tracing::warn!(error = %e, "sweeping expired connect states failed"),
             }
         })
     }
+
+    /// Deletes every state expired by now, `SWEEP_BATCH` rows a statement, as background work: a
+    /// backlog of millions (an earlier burst) must not hold SQLite's one writer for seconds, or
+    /// connects wait past their acquire timeout (503). Between batches the writer goes to any
+    /// request waiting for it (`store::in_background`). Answers how many were deleted.
+    pub async fn sweep_expired_states(&self) -> store::StoreResult<u64> {
+        let now = time::now_ms();
+        let mut swept = 0;
+        loop {
+            let deleted = store::in_background(self.store.delete_expired_states(now, SWEEP_BATCH)).await?;
+            swept += deleted;
+            if deleted < u64::from(SWEEP_BATCH) {
+                return Ok(swept);
+            }
+            tokio::time::sleep(SWEEP_PAUSE).await;
+        }
+    }
 }
+
+/// Rows a housekeeping statement deletes at most. Measured on SQLite (2 shared cores, disk): a
+/// batch of 2,000 expired states takes 10–25 ms, where one `DELETE` of a million held the writer
+/// for 32 s (and connects failed with 503 after their 2 s acquire timeout).
+pub const SWEEP_BATCH: u32 = 2_000;
+/// A pause between two housekeeping batches, so a long sweep takes a share of the writer rather
+/// than all of it when no request happens to be waiting at the moment it asks.
+const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);

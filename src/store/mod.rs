@@ -300,7 +300,9 @@ pub trait StateStore: Send + Sync {
     /// Deletes and returns, in one statement, the states with these hashes that exist: of two
     /// concurrent takers of a state only one gets it.
     async fn take_states(&self, state_hashes: &[String]) -> StoreResult<Vec<OAuthStateRecord>>;
-    async fn delete_expired_states(&self, now: i64) -> StoreResult<u64>;
+    /// Deletes at most `limit` states expired by `now` (one bounded statement: see
+    /// `Services::sweep_expired_states`); rows another sweeper holds are skipped.
+    async fn delete_expired_states(&self, now: i64, limit: u32) -> StoreResult<u64>;
 }
 
 #[async_trait]
