@@ -2,30 +2,41 @@
 //! caller, and per project its settings and its secrets (still sealed: they are opened where used,
 //! so no plaintext secret lives in the cache).
 //!
-//! The bound: a cached value is used for at most `ttl` (`WEARLINK_CACHE_TTL_MS`, default 2 s)
-//! after the database read that produced it began. So a change made elsewhere — by another
-//! instance, by the CLI, or straight in the database (revoking an API token) — takes effect within
-//! `ttl`. A change made through this instance (settings, secrets, credentials) takes effect at once:
-//! it forgets the project's entries, and a read that began before the change never stores what it
-//! read (a generation counter, checked under the same lock). Unknown tokens are not cached, so a
-//! new token works at once. `ttl` 0 turns the cache off.
+//! The bounds. A change made through this instance takes effect here at once: it forgets the
+//! entries, and a read that began before the change never stores what it read (a generation
+//! counter, checked under the same lock). On PostgreSQL the database announces every committed
+//! change (triggers and `NOTIFY`, whoever made it: another instance, the CLI, a statement typed
+//! into the database), each instance listens on a connection of its own and forgets the entry as
+//! soon as it hears (`heard`). A write through an instance then announces a barrier and answers
+//! only once every listening instance has acknowledged it (`acks`, at most `ACK_WAIT`): each
+//! instance hears announcements in commit order and acknowledges the barrier after applying
+//! what came before it, so by the time the writer answers, every instance has forgotten.
+//! While the listener is down (lost, reconnecting, or never up), changes go unheard and the bound
+//! is `ttl` (`WEARLINK_CACHE_TTL_MS`, default 2 s) after the read that produced a value began,
+//! as on every read anyway; each time the listener (re)connects the whole cache is forgotten,
+//! since what it missed is unknown. SQLite has one instance, so only the local rule applies
+//! (a change made straight in the database file: `ttl`). Unknown tokens are not cached, so a new
+//! token works at once. `ttl` 0 turns the cache off.
 //!
 //! Each table holds at most `MAX_ENTRIES`; when full, expired entries go first, then everything.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::broadcast;
 
 use crate::projects::Principal;
-use crate::store::SecretRecord;
+use crate::store::{CachedChange, SecretRecord};
 
 /// Default bound on how stale a cached value may be.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
 const MAX_ENTRIES: usize = 10_000;
+/// Longest a write waits for the instances to acknowledge its barrier (see `acks`).
+pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// A project's settings as stored: `(key, value)`.
 pub type Settings = Arc<Vec<(String, Value)>>;
@@ -39,6 +50,10 @@ pub struct Cache {
     principals: Table<Principal>,
     settings: Table<Settings>,
     secrets: Table<Secrets>,
+    /// Whether this instance hears the changes made elsewhere (PostgreSQL's listener is up).
+    listening: AtomicBool,
+    /// The barriers acknowledged by an instance, by id, for writes waiting for them (`Acks`).
+    acks: broadcast::Sender<String>,
 }
 
 struct Table<V> {
@@ -59,6 +74,8 @@ impl Cache {
             principals: Table::default(),
             settings: Table::default(),
             secrets: Table::default(),
+            listening: AtomicBool::new(false),
+            acks: broadcast::channel(1024).0,
         }
     }
 
@@ -93,18 +110,62 @@ impl Cache {
         Ok(found.expect("secrets are always loaded"))
     }
 
-    /// Call after changing a project's settings or secrets (once the change is written).
-    pub fn forget_project(&self, project_id: &str) {
-        self.forget(&self.settings, project_id);
-        self.forget(&self.secrets, project_id);
+    /// Call after a change is written (a token revoked, a setting or secret written).
+    pub fn forget(&self, change: &CachedChange) {
+        match change {
+            CachedChange::Settings { project_id } => self.forget_key(&self.settings, project_id),
+            CachedChange::Secrets { project_id } => self.forget_key(&self.secrets, project_id),
+            // Announcements name a token by a prefix of its hash; the table is keyed by the whole hash.
+            CachedChange::Token { hash_prefix } => {
+                let mut entries = self.principals.entries.lock().expect("cache lock");
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                entries.retain(|hash, _| !hash.starts_with(hash_prefix.as_str()));
+            }
+        }
     }
 
-    /// Call after revoking or changing an API token (once the change is written).
-    pub fn forget_token(&self, token_hash: &str) {
-        self.forget(&self.principals, token_hash);
+    /// A change announced by the database (made here or anywhere else).
+    pub fn heard(&self, change: CachedChange) {
+        self.forget(&change);
     }
 
-    fn forget<V>(&self, table: &Table<V>, key: &str) {
+    /// An instance acknowledged the barrier `id` (see `acks`).
+    pub fn acked(&self, id: String) {
+        let _ = self.acks.send(id); // nobody waiting is fine
+    }
+
+    /// Whether changes made elsewhere are heard. Each time it becomes true everything is
+    /// forgotten: what was announced while nobody listened is unknown.
+    pub fn set_listening(&self, listening: bool) {
+        if listening {
+            self.forget_all();
+        }
+        self.listening.store(listening, Ordering::SeqCst);
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// Forgets every entry (and what reads under way would store).
+    pub fn forget_all(&self) {
+        let (mut principals, mut settings, mut secrets) = (
+            self.principals.entries.lock().expect("cache lock"),
+            self.settings.entries.lock().expect("cache lock"),
+            self.secrets.entries.lock().expect("cache lock"),
+        );
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        principals.clear();
+        settings.clear();
+        secrets.clear();
+    }
+
+    /// Call before announcing a barrier; `Acks::wait` then counts the instances that acknowledged it.
+    pub fn acks(&self) -> Acks {
+        Acks(self.acks.subscribe())
+    }
+
+    fn forget_key<V>(&self, table: &Table<V>, key: &str) {
         let mut entries = table.entries.lock().expect("cache lock");
         self.generation.fetch_add(1, Ordering::SeqCst);
         entries.remove(key);
@@ -142,6 +203,28 @@ impl Cache {
     }
 }
 
+/// Acknowledgements of barriers, as they are heard (see `Cache::acks`).
+pub struct Acks(broadcast::Receiver<String>);
+
+impl Acks {
+    /// Waits until `instances` acknowledgements of barrier `id` have been heard, at most `at_most`;
+    /// answers whether they were.
+    pub async fn wait(mut self, id: &str, instances: u64, at_most: Duration) -> bool {
+        let mut heard = 0;
+        let all = async {
+            while heard < instances {
+                match self.0.recv().await {
+                    Ok(acked) if acked == id => heard += 1,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(at_most, all).await;
+        heard >= instances
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,7 +259,7 @@ mod tests {
     async fn forgetting_takes_effect_at_once() {
         let cache = Cache::new(Duration::from_secs(60));
         load(&cache, "h", Some("p1")).await;
-        cache.forget_token("h");
+        cache.forget(&CachedChange::token("h"));
         assert_eq!(load(&cache, "h", None).await, None);
     }
 
@@ -184,11 +267,47 @@ mod tests {
     async fn a_read_that_raced_a_change_is_not_stored() {
         let cache = Cache::new(Duration::from_secs(60));
         let stale = cache.principal("h", async {
-            cache.forget_token("h"); // the change lands while the read is under way
+            cache.forget(&CachedChange::token("h")); // the change lands while the read is under way
             Ok::<_, ()>(Some(principal("old")))
         });
         assert_eq!(stale.await.unwrap().unwrap().project_id, "old");
         assert_eq!(load(&cache, "h", Some("new")).await.as_deref(), Some("new"));
+    }
+
+    #[tokio::test]
+    async fn a_change_heard_from_elsewhere_is_forgotten_by_its_token_fingerprint() {
+        let cache = Cache::new(Duration::from_secs(60));
+        let (hash, other) = ("a".repeat(64), "b".repeat(64));
+        load(&cache, &hash, Some("p1")).await;
+        load(&cache, &other, Some("p1")).await;
+        cache.heard(CachedChange::token(&hash));
+        assert_eq!(load(&cache, &hash, None).await, None, "forgotten");
+        assert_eq!(load(&cache, &other, None).await.as_deref(), Some("p1"), "the other token stays cached");
+    }
+
+    #[tokio::test]
+    async fn listening_again_forgets_everything() {
+        let cache = Cache::new(Duration::from_secs(60));
+        load(&cache, "h", Some("p1")).await;
+        cache.set_listening(false);
+        cache.set_listening(true);
+        assert_eq!(load(&cache, "h", None).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_every_instance_to_acknowledge_its_barrier() {
+        let cache = std::sync::Arc::new(Cache::new(Duration::from_secs(60)));
+        let acks = cache.acks();
+        let announcer = std::sync::Arc::clone(&cache);
+        tokio::spawn(async move {
+            for id in ["b1", "other", "b1"] {
+                announcer.acked(id.into());
+            }
+        });
+        assert!(acks.wait("b1", 2, Duration::from_secs(5)).await);
+        let acks = cache.acks();
+        cache.acked("b2".into());
+        assert!(!acks.wait("b2", 2, Duration::from_millis(50)).await, "bounded");
     }
 
     #[tokio::test]

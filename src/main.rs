@@ -1,4 +1,4 @@
-//! The `wearlink` command: `serve`, `migrate`, `project create`, `token create`.
+//! The `wearlink` command: `serve`, `migrate`, `project create`, `token create`, `token revoke`.
 //! Every command reads the same `WEARLINK_*` environment, so all act on the same database.
 
 use std::sync::Arc;
@@ -31,7 +31,8 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
-    /// API tokens: `token create --project ID --role admin|member` prints {"projectId", "role", "token"}.
+    /// API tokens: `token create --project ID --role admin|member` prints {"projectId", "role", "token"};
+    /// `token revoke` revokes the token given on stdin.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -51,6 +52,9 @@ enum TokenCommand {
         #[arg(long, value_enum, default_value = "member")]
         role: RoleArg,
     },
+    /// Revokes the token read from stdin (not an argument: it would show in the process list and
+    /// the shell's history); prints {"revoked": true|false}.
+    Revoke,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,6 +89,14 @@ async fn main() -> anyhow::Result<()> {
             };
             let token = projects::create_token(&services, &project, role).await?;
             println!("{}", serde_json::json!({ "projectId": project, "role": role.as_str(), "token": token }));
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Revoke } => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            let services = Services::start(config).await?;
+            let revoked = projects::revoke_token(&services, token.trim()).await?;
+            println!("{}", serde_json::json!({ "revoked": revoked }));
             Ok(())
         }
     }

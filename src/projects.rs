@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::crypto::{random_token, sha256_hex};
 use crate::error::{Error, Result};
 use crate::providers::{ClientCredentials, Provider};
-use crate::store::{ApiTokenRecord, Role};
+use crate::store::{ApiTokenRecord, CachedChange, Role};
 use crate::time::now_ms;
 use crate::Services;
 
@@ -82,6 +82,47 @@ pub async fn create_token(services: &Services, project_id: &str, role: Role) -> 
         })
         .await?;
     Ok(token)
+}
+
+/// Revokes an API token: it is refused from the next request on, on every instance (see `cache`).
+/// Answers whether the token existed.
+pub async fn revoke_token(services: &Services, token: &str) -> Result<bool> {
+    let token_hash = sha256_hex(token);
+    let change = CachedChange::token(&token_hash);
+    changing(services, vec![change], services.store.delete_api_token(&token_hash), |deleted| *deleted).await
+}
+
+/// Writes a change to something instances cache and forgets it here. Where the database tells
+/// every instance (PostgreSQL), answers only once every listening instance has acknowledged a
+/// barrier announced after the write (at most `cache::ACK_WAIT`): they heard the change before
+/// it, so they have forgotten it too. `wrote` says from the write's answer whether it changed a
+/// row (only then is there anything to wait for).
+async fn changing<T>(
+    services: &Services,
+    changes: Vec<CachedChange>,
+    write: impl std::future::Future<Output = std::result::Result<T, crate::store::StoreError>>,
+    wrote: fn(&T) -> bool,
+) -> Result<T> {
+    let written = write.await;
+    // Even after a failure: the write may have committed before its answer was lost.
+    for change in &changes {
+        services.cache.forget(change);
+    }
+    let written = written?;
+    if wrote(&written) && services.cache.is_listening() {
+        let acks = services.cache.acks();
+        match services.store.announce_barrier().await {
+            Ok(Some((id, instances))) => {
+                if !acks.wait(&id, instances, crate::cache::ACK_WAIT).await {
+                    tracing::info!(instances, "not every instance acknowledged a cache change in time; they follow within WEARLINK_CACHE_TTL_MS");
+                }
+            }
+            Ok(None) => {}
+            // Written all the same: the other instances follow within the TTL.
+            Err(e) => tracing::warn!(error = %e, "announcing a cache change failed"),
+        }
+    }
+    Ok(written)
 }
 
 pub async fn authenticate(services: &Services, bearer: &str) -> Result<Principal> {
@@ -166,8 +207,11 @@ pub async fn put_setting(
             }
         }
     };
-    services.store.put_setting(&principal.project_id, key, &value, now_ms()).await?;
-    services.cache.forget_project(&principal.project_id);
+    let change = CachedChange::Settings { project_id: principal.project_id.clone() };
+    changing(services, vec![change], services.store.put_setting(&principal.project_id, key, &value, now_ms()), |_| {
+        true
+    })
+    .await?;
     settings(services, principal).await
 }
 
@@ -203,9 +247,8 @@ pub async fn stored_settings(services: &Services, project_id: &str) -> Result<cr
 
 /// Records a setting that is not set through the settings API (e.g. a provider's subscription id).
 pub async fn put_internal_setting(services: &Services, project_id: &str, key: &str, value: &Value) -> Result<()> {
-    services.store.put_setting(project_id, key, value, now_ms()).await?;
-    services.cache.forget_project(project_id);
-    Ok(())
+    let change = CachedChange::Settings { project_id: project_id.into() };
+    changing(services, vec![change], services.store.put_setting(project_id, key, value, now_ms()), |_| true).await
 }
 
 pub async fn provider_access(services: &Services, project_id: &str, provider: &dyn Provider) -> Result<ProviderAccess> {
@@ -241,8 +284,9 @@ pub async fn put_secret(services: &Services, principal: &Principal, key: &str, v
     }
     let now = now_ms();
     let sealed = services.keyring.seal(value.as_bytes(), &secret_owner(&principal.project_id, key));
-    services.store.put_secret(&principal.project_id, key, &sealed, now).await?;
-    services.cache.forget_project(&principal.project_id);
+    let change = CachedChange::Secrets { project_id: principal.project_id.clone() };
+    changing(services, vec![change], services.store.put_secret(&principal.project_id, key, &sealed, now), |_| true)
+        .await?;
     Ok(now)
 }
 
@@ -257,8 +301,11 @@ pub async fn delete_secret(services: &Services, principal: &Principal, key: &str
     if !is_secret_key(services, key) {
         return Err(Error::NotFound(format!("secret {key}")));
     }
-    services.store.delete_secrets(&principal.project_id, &[key.to_string()]).await?;
-    services.cache.forget_project(&principal.project_id);
+    let change = CachedChange::Secrets { project_id: principal.project_id.clone() };
+    changing(services, vec![change], services.store.delete_secrets(&principal.project_id, &[key.to_string()]), |n| {
+        *n > 0
+    })
+    .await?;
     Ok(())
 }
 
@@ -373,7 +420,7 @@ pub async fn delete_credentials(services: &Services, principal: &Principal, slug
     principal.require_admin()?;
     require_provider(services, slug)?;
     let keys: Vec<String> = SECRET_SUFFIXES.iter().map(|s| secret_key(slug, s)).collect();
-    services.store.delete_secrets(&principal.project_id, &keys).await?;
-    services.cache.forget_project(&principal.project_id);
+    let change = CachedChange::Secrets { project_id: principal.project_id.clone() };
+    changing(services, vec![change], services.store.delete_secrets(&principal.project_id, &keys), |n| *n > 0).await?;
     credentials(services, principal, slug).await
 }

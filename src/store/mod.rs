@@ -268,6 +268,8 @@ pub trait ProjectStore: Send + Sync {
     async fn project_exists(&self, id: &str) -> StoreResult<bool>;
     async fn insert_api_token(&self, token: &ApiTokenRecord) -> StoreResult<()>;
     async fn find_api_token(&self, token_hash: &str) -> StoreResult<Option<ApiTokenRecord>>;
+    /// Deletes the token with this hash; answers whether it existed.
+    async fn delete_api_token(&self, token_hash: &str) -> StoreResult<bool>;
     /// `(key, JSON value)` pairs of the settings that were ever set.
     async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>>;
     async fn put_setting(&self, project_id: &str, key: &str, value: &Value, now: i64) -> StoreResult<()>;
@@ -311,7 +313,9 @@ pub trait StateStore: Send + Sync {
     /// Deletes and returns, in one statement, the states with these hashes that exist: of two
     /// concurrent takers of a state only one gets it.
     async fn take_states(&self, state_hashes: &[String]) -> StoreResult<Vec<OAuthStateRecord>>;
-    async fn delete_expired_states(&self, now: i64) -> StoreResult<u64>;
+    /// Deletes at most `limit` states expired by `now` (one bounded statement: see
+    /// `Services::sweep_expired_states`); rows another sweeper holds are skipped.
+    async fn delete_expired_states(&self, now: i64, limit: u32) -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -429,6 +433,70 @@ pub trait Backend: Send + Sync {
     fn parallel_writes(&self) -> usize;
     /// The connection pool as it is now (for the metrics).
     fn pool_stats(&self) -> PoolStats;
+    /// Starts hearing, for as long as the store lives, what the database tells every instance
+    /// about changes to what instances cache (API tokens, settings, secrets), in commit order:
+    /// `on_notice` is called with each, and a barrier (`announce_barrier`) is acknowledged only
+    /// once `on_notice` has returned for everything heard before it. Answers `false` for a
+    /// backend with one instance (SQLite), which announces nothing.
+    fn listen_for_changes(&self, on_notice: std::sync::Arc<dyn Fn(ChangeNotice) + Send + Sync>) -> bool {
+        let _ = on_notice;
+        false
+    }
+    /// Announces a barrier after everything committed so far; answers its id and how many
+    /// instances listen (each acknowledges it: `ChangeNotice::Acked`), or `None` (SQLite).
+    async fn announce_barrier(&self) -> StoreResult<Option<(String, u64)>> {
+        Ok(None)
+    }
+}
+
+/// A committed change to something instances cache. Names what changed, never a value: an API
+/// token by the first 16 hex digits of its hash (its fingerprint), settings and secrets by project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CachedChange {
+    Token { hash_prefix: String },
+    Settings { project_id: String },
+    Secrets { project_id: String },
+}
+
+/// How many hex digits of a token's hash a `CachedChange::Token` carries.
+pub const TOKEN_PREFIX_LEN: usize = 16;
+
+impl CachedChange {
+    pub fn token(token_hash: &str) -> Self {
+        CachedChange::Token { hash_prefix: token_hash[..TOKEN_PREFIX_LEN.min(token_hash.len())].to_string() }
+    }
+
+    /// The text announced to the other instances.
+    pub fn payload(&self) -> String {
+        match self {
+            CachedChange::Token { hash_prefix } => format!("token:{hash_prefix}"),
+            CachedChange::Settings { project_id } => format!("settings:{project_id}"),
+            CachedChange::Secrets { project_id } => format!("secrets:{project_id}"),
+        }
+    }
+
+    pub fn parse(payload: &str) -> Option<Self> {
+        let (kind, id) = payload.split_once(':')?;
+        let id = id.to_string();
+        match kind {
+            "token" if id.len() == TOKEN_PREFIX_LEN => Some(CachedChange::Token { hash_prefix: id }),
+            "settings" if !id.is_empty() => Some(CachedChange::Settings { project_id: id }),
+            "secrets" if !id.is_empty() => Some(CachedChange::Secrets { project_id: id }),
+            _ => None,
+        }
+    }
+}
+
+/// What an instance hears about changes made anywhere (see `Backend::listen_for_changes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeNotice {
+    Changed(CachedChange),
+    /// Listening (again): changes made before this may have gone unheard.
+    Listening,
+    /// The listening connection was lost; changes go unheard until `Listening`.
+    Lost,
+    /// An instance acknowledged the barrier with this id.
+    Acked(String),
 }
 
 /// A store's connections: open (`size`), idle, the most it may open, and the tasks waiting for a

@@ -191,6 +191,15 @@ macro_rules! impl_sql_store {
             .transpose()
         }
 
+        async fn delete_api_token(&self, token_hash: &str) -> StoreResult<bool> {
+            let deleted = sqlx::query("DELETE FROM api_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .execute(&mut *self.writer().await?)
+                .await?
+                .rows_affected();
+            Ok(deleted == 1)
+        }
+
         async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>> {
             let rows = sqlx::query("SELECT key, value FROM project_settings WHERE project_id = $1 ORDER BY key")
                 .bind(project_id)
@@ -410,9 +419,15 @@ macro_rules! impl_sql_store {
             query.fetch_all(&mut *self.writer().await?).await?.iter().map(state_from_row).collect()
         }
 
-        async fn delete_expired_states(&self, now: i64) -> StoreResult<u64> {
-            Ok(sqlx::query("DELETE FROM oauth_states WHERE expires_at <= $1")
+        async fn delete_expired_states(&self, now: i64, limit: u32) -> StoreResult<u64> {
+            Ok(sqlx::query(concat!(
+                "DELETE FROM oauth_states WHERE state_hash IN
+                     (SELECT state_hash FROM oauth_states WHERE expires_at <= $1 LIMIT $2",
+                $skip_locked,
+                ")"
+            ))
                 .bind(now)
+                .bind(i64::from(limit))
                 .execute(&mut *self.writer().await?)
                 .await?
                 .rows_affected())
