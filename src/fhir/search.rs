@@ -95,11 +95,12 @@ pub fn parse(resource_type: &str, params: &[(String, String)]) -> Result<Resourc
     for (name, value) in params {
         match name.as_str() {
             "_count" => {
-                query.count = value.parse::<i64>().map_err(|_| "_count must be a number")?.clamp(0, MAX_COUNT);
+                let count = value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or("_count must be a number ≥ 0")?;
+                query.count = count.min(MAX_COUNT);
                 continue;
             }
             "_offset" => {
-                query.offset = value.parse::<i64>().map_err(|_| "_offset must be a number")?.max(0);
+                query.offset = value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or("_offset must be a number ≥ 0")?;
                 continue;
             }
             "_sort" if capability::search_param(resource_type, "date").is_some() => {

@@ -346,7 +346,7 @@ pub async fn read_endpoint(
 pub struct FormatParam {
     /// Overrides `Accept`; XML and other formats are 406.
     #[serde(rename = "_format")]
-    #[param(rename = "_format")]
+    #[param(rename = "_format", inline)]
     pub format: Option<FormatName>,
 }
 
@@ -369,14 +369,14 @@ pub enum FormatName {
 pub struct EndpointSearch {
     /// `Patient/<id>` (or a bare id); required.
     #[param(pattern = "^(Patient/)?[A-Za-z0-9.-]{1,64}$")]
-    pub patient: Option<String>,
-    /// Page size (default 50, at most 1000; 0 answers the total only).
+    pub patient: String,
+    /// Page size (default 50; more than 1000 answers 1000; 0 answers the total only).
     #[serde(rename = "_count")]
-    #[param(rename = "_count", maximum = 1000)]
-    pub count: Option<u32>,
+    #[param(rename = "_count", minimum = 0)]
+    pub count: Option<i64>,
     #[serde(rename = "_offset")]
-    #[param(rename = "_offset")]
-    pub offset: Option<u32>,
+    #[param(rename = "_offset", minimum = 0)]
+    pub offset: Option<i64>,
 }
 
 /// Endpoints of a patient, as a paged searchset Bundle.
@@ -447,27 +447,61 @@ pub async fn read_version(
     Ok(resource_response(StatusCode::OK, &fhir::read_version(&s, &principal, &resource_type, &id, &version).await?))
 }
 
-/// Documents the parameters; the query itself is read as pairs (parameters repeat).
+/// Documents the Observation search parameters; the query itself is read as pairs (parameters repeat).
 #[allow(dead_code)]
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ResourceSearch {
+pub struct ObservationSearch {
     /// `Patient/<id>` (required; `subject` is the same).
     #[param(pattern = "^(Patient/)?[A-Za-z0-9.-]{1,64}$")]
-    pub patient: Option<String>,
+    pub patient: String,
     /// `system|code` or `code`; commas for alternatives; repeatable.
+    #[param(pattern = "^([^|,]*[|])?[^|,]+(,([^|,]*[|])?[^|,]+)*$")]
     pub code: Option<String>,
-    /// Observation categories, as `code` (Observation only).
+    /// Observation categories, as `code`.
+    #[param(pattern = "^([^|,]*[|])?[^|,]+(,([^|,]*[|])?[^|,]+)*$")]
     pub category: Option<String>,
     /// `ge`, `le`, `gt`, `lt` (or no) prefix and a FHIR date; repeatable.
+    #[param(
+        pattern = "^(eq|ge|le|gt|lt)?[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|1[0-9]|2[0-8])(T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?)?)?)?$"
+    )]
     pub date: Option<String>,
-    /// Page size (default 50, at most 1000; 0 answers the total only).
+    /// Page size (default 50; more than 1000 answers 1000; 0 answers the total only).
     #[serde(rename = "_count")]
-    #[param(rename = "_count", maximum = 1000)]
-    pub count: Option<u32>,
+    #[param(rename = "_count", minimum = 0)]
+    pub count: Option<i64>,
     #[serde(rename = "_offset")]
-    #[param(rename = "_offset")]
-    pub offset: Option<u32>,
+    #[param(rename = "_offset", minimum = 0)]
+    pub offset: Option<i64>,
+    /// `date` or `-date`.
+    #[serde(rename = "_sort")]
+    #[param(rename = "_sort", pattern = "^-?date$")]
+    pub sort: Option<String>,
+}
+
+/// Documents the Procedure search parameters; the query itself is read as pairs (parameters repeat).
+#[allow(dead_code)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProcedureSearch {
+    /// `Patient/<id>` (required; `subject` is the same).
+    #[param(pattern = "^(Patient/)?[A-Za-z0-9.-]{1,64}$")]
+    pub patient: String,
+    /// `system|code` or `code`; commas for alternatives; repeatable.
+    #[param(pattern = "^([^|,]*[|])?[^|,]+(,([^|,]*[|])?[^|,]+)*$")]
+    pub code: Option<String>,
+    /// `ge`, `le`, `gt`, `lt` (or no) prefix and a FHIR date; repeatable.
+    #[param(
+        pattern = "^(eq|ge|le|gt|lt)?[0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|1[0-9]|2[0-8])(T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?)?)?)?$"
+    )]
+    pub date: Option<String>,
+    /// Page size (default 50; more than 1000 answers 1000; 0 answers the total only).
+    #[serde(rename = "_count")]
+    #[param(rename = "_count", minimum = 0)]
+    pub count: Option<i64>,
+    #[serde(rename = "_offset")]
+    #[param(rename = "_offset", minimum = 0)]
+    pub offset: Option<i64>,
     /// `date` or `-date`.
     #[serde(rename = "_sort")]
     #[param(rename = "_sort", pattern = "^-?date$")]
@@ -504,7 +538,7 @@ async fn search(
 
 /// Observations of a patient, as a paged searchset Bundle.
 #[utoipa::path(get, path = "/fhir/R4/Observation", tag = "fhir", security(("bearer" = [])),
-    params(ResourceSearch, FormatParam),
+    params(ObservationSearch, FormatParam),
     responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = BundleDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
@@ -521,7 +555,7 @@ pub async fn search_observations(
 
 /// Procedures (exercise sessions) of a patient, as a paged searchset Bundle.
 #[utoipa::path(get, path = "/fhir/R4/Procedure", tag = "fhir", security(("bearer" = [])),
-    params(ResourceSearch, FormatParam),
+    params(ProcedureSearch, FormatParam),
     responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = BundleDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
