@@ -324,6 +324,7 @@ async fn searches_page_through_searchset_bundles(backend: Backend) {
 }
 
 const REQUIRE_CLIENT_ENV: &str = "WEARLINK_TEST_REQUIRE_FHIR_CLIENT";
+static SKIP_NOTICE: std::sync::Once = std::sync::Once::new();
 
 async fn a_fhir_client_library_reads_creates_searches_and_parses_errors(backend: Backend) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fhir-client");
@@ -334,14 +335,19 @@ async fn a_fhir_client_library_reads_creates_searches_and_parses_errors(backend:
         if std::env::var(REQUIRE_CLIENT_ENV).is_ok_and(|v| v == "1") {
             panic!("{REQUIRE_CLIENT_ENV}=1 but the FHIR client is not installed: {how}");
         }
-        eprintln!(
-            "\n**********************************************************************\n\
-             ** FHIR CLIENT STORY SKIPPED: {} is missing.\n\
-             ** Install it with:  {how}\n\
-             ** Set {REQUIRE_CLIENT_ENV}=1 to make this a failure.\n\
-             **********************************************************************\n",
-            python.display()
-        );
+        SKIP_NOTICE.call_once(|| {
+            // Straight to stderr: the test harness swallows eprintln! of a passing test.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n**********************************************************************\n\
+                 ** FHIR CLIENT STORY SKIPPED: {} is missing.\n\
+                 ** Install it with:  {how}\n\
+                 ** Set {REQUIRE_CLIENT_ENV}=1 to make this a failure.\n\
+                 **********************************************************************\n",
+                python.display()
+            );
+        });
         return;
     }
     let app = TestApp::spawn(backend).await;
