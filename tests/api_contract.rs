@@ -20,7 +20,7 @@ on_both_backends!(
 use reqwest::StatusCode;
 use serde_json::json;
 use support::stand_in::TokenMode;
-use support::{contains, problem_code, Backend, Options, TestApp};
+use support::{contains, outcome_code, problem_code, Backend, Options, TestApp};
 use wearlink::Config;
 
 async fn connect_answers_each_error_of_the_contract(backend: Backend) {
@@ -307,7 +307,7 @@ async fn projects_never_see_each_other(backend: Backend) {
     for path in [format!("/fhir/R4/Patient/{patient}"), format!("/fhir/R4/Endpoint/{endpoint}")] {
         let (s, body) = app.send("GET", &path, Some(&other), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
-        assert_eq!(problem_code(&body, s), "not_found");
+        assert_eq!(outcome_code(&body, "not-found"), "not_found");
     }
     let (s, bundle) =
         app.send("GET", &format!("/fhir/R4/Endpoint?patient=Patient/{patient}"), Some(&other), None).await;
@@ -342,14 +342,19 @@ async fn the_fhir_store_keeps_patients(backend: Backend) {
     assert_eq!(read, created);
     assert_eq!(read["gender"], "female");
 
-    let (s, _) = app.send("POST", "/fhir/R4/Patient", Some(&admin), Some(json!({"resourceType": "Observation"}))).await;
+    let (s, body) =
+        app.send("POST", "/fhir/R4/Patient", Some(&admin), Some(json!({"resourceType": "Observation"}))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, _) = app.get("/fhir/R4/Patient/does-not-exist").await;
+    assert_eq!(outcome_code(&body, "invalid"), "validation_failed");
+    let (s, body) = app.get("/fhir/R4/Patient/does-not-exist").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = app.get("/fhir/R4/Endpoint").await;
+    assert_eq!(outcome_code(&body, "not-found"), "not_found");
+    let (s, body) = app.get("/fhir/R4/Endpoint").await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "an Endpoint search needs a patient");
-    let (s, _) = app.send("GET", &format!("/fhir/R4/Patient/{id}"), None, None).await;
+    assert_eq!(outcome_code(&body, "invalid"), "validation_failed");
+    let (s, body) = app.send("GET", &format!("/fhir/R4/Patient/{id}"), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(outcome_code(&body, "login"), "unauthorized");
 }
 
 async fn unknown_routes_and_methods_answer_problem_json(backend: Backend) {

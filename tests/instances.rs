@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{problem_code, query_map, Backend, FlakyProxy, Options, TestApp};
+use support::{outcome_code, problem_code, query_map, Backend, FlakyProxy, Options, TestApp};
 use wearlink::store::OAuthStateRecord;
 
 on_both_backends!(
@@ -154,7 +154,7 @@ async fn the_service_survives_the_database_going_away() {
     let (status, body) =
         app.send("POST", "/fhir/R4/Patient", Some(&admin), Some(json!({"resourceType": "Patient"}))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(problem_code(&body, status), "unavailable");
+    assert_eq!(outcome_code(&body, "transient"), "unavailable");
     assert!(began.elapsed() < Duration::from_secs(3), "fails fast, took {:?}", began.elapsed());
     let (status, _, body) = app.callback(&callback).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

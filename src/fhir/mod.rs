@@ -1,18 +1,19 @@
 //! The FHIR R4 resources Wearlink writes and serves: Patient (as given), Endpoint (one per
-//! connection) and searchset Bundles. A thin serde_json layer: the R4 crates are young or huge,
-//! and we only build three shapes.
+//! connection), searchset Bundles, OperationOutcomes and the CapabilityStatement. A thin
+//! serde_json layer: the R4 crates are young or huge, and we only build a few shapes.
 
 use serde_json::{json, Value};
 
 use crate::store::StoredResource;
 
 pub mod activity;
+pub mod capability;
 pub mod draft;
 mod resources;
 pub mod search;
 
 pub use draft::{MapContext, MapError, ResourceDraft};
-pub use resources::{create_patient, endpoints_of, read, read_version, search};
+pub use resources::{create_patient, read, read_version, search};
 
 /// Base of our code systems, identifier systems and extension URLs.
 pub const BASE: &str = "https://wearlink.dev/fhir";
@@ -111,37 +112,51 @@ pub fn validate_new_patient(mut body: Value) -> Result<Value, String> {
     Ok(body)
 }
 
-/// A searchset Bundle of `resources`; `self_url` is the search as asked.
-pub fn searchset(self_url: &str, base_url: &str, resources: &[StoredResource]) -> Value {
-    paged_searchset(self_url, None, base_url, resources.len() as i64, resources)
-}
-
-/// A searchset Bundle of one page of `total` matches, with a `next` link when there is more.
-pub fn paged_searchset(
-    self_url: &str,
-    next_url: Option<&str>,
-    base_url: &str,
-    total: i64,
-    resources: &[StoredResource],
-) -> Value {
-    let base = base_url.trim_end_matches('/');
-    let mut link = vec![json!({ "relation": "self", "url": self_url })];
-    if let Some(next) = next_url {
-        link.push(json!({ "relation": "next", "url": next }));
-    }
-    json!({
+/// A searchset Bundle of one page of `total` matches. `links` are `(relation, url)`: `self`
+/// first, then `next` and `previous` where there are such pages; `fhir_base` is the public
+/// `…/fhir/R4` the entries' `fullUrl`s start with.
+pub fn searchset(links: &[(&str, String)], fhir_base: &str, total: i64, resources: &[StoredResource]) -> Value {
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": link,
-        "entry": resources.iter().map(|r| {
-            let kind = r.body.get("resourceType").and_then(Value::as_str).unwrap_or_default();
-            json!({
-                "fullUrl": format!("{base}/fhir/R4/{kind}/{}", r.id),
-                "resource": r.body,
-                "search": { "mode": "match" }
+        "link": links.iter().map(|(relation, url)| json!({ "relation": relation, "url": url })).collect::<Vec<_>>(),
+    });
+    // FHIR JSON has no empty arrays: a page without matches has no `entry`.
+    if !resources.is_empty() {
+        bundle["entry"] = resources
+            .iter()
+            .map(|r| {
+                let kind = r.body.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+                json!({
+                    "fullUrl": format!("{fhir_base}/{kind}/{}", r.id),
+                    "resource": r.body,
+                    "search": { "mode": "match" }
+                })
             })
-        }).collect::<Vec<_>>()
+            .collect();
+    }
+    bundle
+}
+
+/// The code system of our stable error codes (the `code` of problem+json): `<system>/<code>` is
+/// the problem's `type` URI.
+pub const PROBLEM_SYSTEM: &str = "https://wearlink.dev/problems";
+
+/// An `OperationOutcome` for a failed request: one `error` issue of FHIR issue type `issue_type`
+/// (`http://hl7.org/fhir/issue-type`), our stable `code` in `details.coding`, what happened in
+/// `details.text`.
+pub fn operation_outcome(issue_type: &str, code: &str, title: &str, detail: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "error",
+            "code": issue_type,
+            "details": {
+                "coding": [{ "system": PROBLEM_SYSTEM, "code": code, "display": title }],
+                "text": detail
+            }
+        }]
     })
 }
 

@@ -1,12 +1,10 @@
-//! Project-scoped resource operations: create a Patient, read by id, search Endpoints by patient.
+//! Project-scoped resource operations: create a Patient, read by id or version, search.
 
 use serde_json::Value;
 
+use super::capability::{supports, Interaction};
 use super::validate_new_patient;
 use crate::store::StoredResource;
-
-/// Resource types this server serves by id.
-const READABLE: &[&str] = &["Patient", "Endpoint", "Observation", "Procedure"];
 
 pub async fn create_patient(
     services: &crate::Services,
@@ -26,23 +24,10 @@ pub async fn read(
     id: &str,
 ) -> crate::Result<StoredResource> {
     let not_found = || crate::Error::NotFound(format!("{resource_type}/{id}"));
-    if !READABLE.contains(&resource_type) {
+    if !supports(resource_type, Interaction::Read) {
         return Err(not_found());
     }
     services.store.read_resource(&principal.project_id, resource_type, id).await?.ok_or_else(not_found)
-}
-
-/// Endpoints of a patient; `patient` is `Patient/<id>` or a bare id, as FHIR search allows.
-pub async fn endpoints_of(
-    services: &crate::Services,
-    principal: &crate::projects::Principal,
-    patient: &str,
-) -> crate::Result<Vec<StoredResource>> {
-    let id = patient.strip_prefix("Patient/").unwrap_or(patient);
-    if !crate::connect::is_fhir_id(id) {
-        return Err(crate::Error::Invalid("patient must be Patient/<id>".into()));
-    }
-    Ok(services.store.search_by_patient(&principal.project_id, "Endpoint", id).await?)
 }
 
 /// One version of a resource of the caller's project (`_history/{vid}`).
@@ -57,13 +42,13 @@ pub async fn read_version(
     let Ok(version) = version.parse::<i64>() else {
         return Err(not_found());
     };
-    if !READABLE.contains(&resource_type) {
+    if !supports(resource_type, Interaction::Vread) {
         return Err(not_found());
     }
     services.store.read_version(&principal.project_id, resource_type, id, version).await?.ok_or_else(not_found)
 }
 
-/// A search of synced resources (`Observation`, `Procedure`): `(total, page, query)`.
+/// A search of a searchable type (see `capability::RESOURCES`): `(total, page, query)`.
 pub async fn search(
     services: &crate::Services,
     principal: &crate::projects::Principal,

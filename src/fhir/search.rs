@@ -1,12 +1,11 @@
-//! FHIR search parameters of the synced resources (`Observation`, `Procedure`): parsed from the
-//! query into a `store::sync::ResourceQuery`.
+//! FHIR search parameters (those `capability::RESOURCES` lists): parsed from the query into a
+//! `store::sync::ResourceQuery`.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
+use super::capability::{self, Interaction};
 use crate::store::sync::{DateBound, ResourceQuery, TokenParam};
 
-/// Resource types with search by patient, code, category and date.
-pub const SEARCHABLE: &[&str] = &["Observation", "Procedure"];
 pub const DEFAULT_COUNT: i64 = 50;
 pub const MAX_COUNT: i64 = 1000;
 
@@ -75,9 +74,13 @@ pub fn token_param(raw: &str) -> Result<Vec<TokenParam>, String> {
         .collect()
 }
 
-/// Builds the query from `(name, value)` pairs; unknown parameters are refused (a FHIR server
-/// that ignored them would answer more than was asked).
+/// Builds the query from `(name, value)` pairs. Only the parameters `capability::RESOURCES` lists
+/// for the type are taken; others are refused (a FHIR server that ignored them would answer more
+/// than was asked).
 pub fn parse(resource_type: &str, params: &[(String, String)]) -> Result<ResourceQuery, String> {
+    if !capability::supports(resource_type, Interaction::SearchType) {
+        return Err(format!("{resource_type} cannot be searched"));
+    }
     let mut query = ResourceQuery {
         resource_type: resource_type.into(),
         patient_id: String::new(),
@@ -91,29 +94,41 @@ pub fn parse(resource_type: &str, params: &[(String, String)]) -> Result<Resourc
     let mut patient = None;
     for (name, value) in params {
         match name.as_str() {
-            "patient" | "subject" => {
-                let id = value.strip_prefix("Patient/").unwrap_or(value);
-                if !crate::connect::is_fhir_id(id) {
-                    return Err("patient must be Patient/<id>".into());
-                }
-                patient = Some(id.to_string());
-            }
-            "code" => query.codes.push(token_param(value)?),
-            "category" if resource_type == "Observation" => query.categories.push(token_param(value)?),
-            "date" => query.dates.extend(date_param(value)?),
             "_count" => {
-                query.count = value.parse::<i64>().map_err(|_| "_count must be a number")?.clamp(0, MAX_COUNT);
+                let count = value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or("_count must be a number ≥ 0")?;
+                query.count = count.min(MAX_COUNT);
+                continue;
             }
-            "_offset" => query.offset = value.parse::<i64>().map_err(|_| "_offset must be a number")?.max(0),
-            "_sort" => {
+            "_offset" => {
+                query.offset = value.parse::<i64>().ok().filter(|n| *n >= 0).ok_or("_offset must be a number ≥ 0")?;
+                continue;
+            }
+            "_sort" if capability::search_param(resource_type, "date").is_some() => {
                 query.newest_first = match value.as_str() {
                     "date" => false,
                     "-date" => true,
                     _ => return Err("_sort supports date and -date".into()),
-                }
+                };
+                continue;
             }
-            "_format" => {}
-            other => return Err(format!("unsupported search parameter {other}")),
+            // Answered by the HTTP layer (406 for what it cannot write).
+            "_format" => continue,
+            _ => {}
+        }
+        let param = capability::search_param(resource_type, name)
+            .ok_or_else(|| format!("unsupported search parameter {name} (see /fhir/R4/metadata)"))?;
+        match param.name {
+            "patient" | "subject" => {
+                let id = value.strip_prefix("Patient/").unwrap_or(value);
+                if !crate::connect::is_fhir_id(id) {
+                    return Err(format!("{name} must be Patient/<id>"));
+                }
+                patient = Some(id.to_string());
+            }
+            "code" => query.codes.push(token_param(value)?),
+            "category" => query.categories.push(token_param(value)?),
+            "date" => query.dates.extend(date_param(value)?),
+            other => return Err(format!("search parameter {other} is not implemented")),
         }
     }
     query.patient_id = patient.ok_or("search by patient: ?patient=Patient/<id>")?;
@@ -151,5 +166,30 @@ mod tests {
         let params = vec![("patient".to_string(), "Patient/p1".to_string()), ("value-quantity".into(), "1".into())];
         assert!(parse("Observation", &params).is_err());
         assert!(parse("Observation", &params[..1]).is_ok());
+    }
+
+    /// Every parameter the CapabilityStatement lists is implemented, and nothing else is taken.
+    #[test]
+    fn every_listed_parameter_is_implemented() {
+        for resource in capability::RESOURCES {
+            let searchable = resource.interactions.contains(&Interaction::SearchType);
+            let patient = vec![("patient".to_string(), "Patient/p1".to_string())];
+            assert_eq!(parse(resource.resource_type, &patient).is_ok(), searchable, "{}", resource.resource_type);
+            for param in resource.search_params {
+                let sample = match param.kind {
+                    "reference" => "Patient/p1",
+                    "token" => "http://loinc.org|8867-4",
+                    "date" => "ge2026-03-01",
+                    other => panic!("no sample for {other}"),
+                };
+                let mut params = patient.clone();
+                params.push((param.name.to_string(), sample.to_string()));
+                assert!(parse(resource.resource_type, &params).is_ok(), "{} {}", resource.resource_type, param.name);
+            }
+            if searchable {
+                let unknown = [patient.clone(), vec![("identifier".to_string(), "x".to_string())]].concat();
+                assert!(parse(resource.resource_type, &unknown).is_err());
+            }
+        }
     }
 }

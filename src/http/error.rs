@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::store::StoreError;
 
 /// Problem details (RFC 9457). `code` is stable and meant for programs; `detail` for people.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Problem {
     /// `https://wearlink.dev/problems/<code>`
     #[serde(rename = "type")]
@@ -36,6 +36,12 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// The answer would have to be in a format we do not write (FHIR `_format` or `Accept`).
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// The body is in a format we do not read (e.g. FHIR XML).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("the request took longer than {0:?}; retry shortly")]
     Timeout(std::time::Duration),
     /// A connect callback that failed after a valid state, with no redirectUri to report it to.
@@ -74,6 +80,8 @@ impl ApiError {
             ApiError::BadRequest(_) => (S::BAD_REQUEST, "bad_request", detail),
             ApiError::RouteNotFound => (S::NOT_FOUND, "not_found", detail),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", detail),
+            ApiError::NotAcceptable(_) => (S::NOT_ACCEPTABLE, "not_acceptable", detail),
+            ApiError::UnsupportedMediaType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail),
             ApiError::Timeout(_) => (S::SERVICE_UNAVAILABLE, "timeout", detail),
             ApiError::Callback(failure) => {
                 let status = match failure {
@@ -102,7 +110,10 @@ impl IntoResponse for ApiError {
             detail,
             code: code.to_string(),
         };
-        let mut response = (status, axum::Json(problem)).into_response();
+        let mut response = (status, axum::Json(problem.clone())).into_response();
+        // Kept beside the body for layers that answer errors in another shape (FHIR's
+        // OperationOutcome under /fhir/R4), so they need not parse it back.
+        response.extensions_mut().insert(problem);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {

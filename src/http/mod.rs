@@ -101,6 +101,7 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(project::put_setting))
         .routes(routes!(project::list_secrets))
         .routes(routes!(project::put_secret, project::delete_secret))
+        .routes(routes!(fhir::metadata))
         .routes(routes!(fhir::create_patient))
         .routes(routes!(fhir::read_patient))
         .routes(routes!(fhir::read_endpoint))
@@ -144,6 +145,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(move |request, next| time_limit(request, next, request_timeout)))
+        // Outside the time limit, so a timeout under /fhir/R4 is an OperationOutcome too.
+        .layer(axum::middleware::from_fn(fhir::outcomes))
         .layer(axum::middleware::from_fn_with_state(services.metrics.http.clone(), metrics::track))
         .layer(
             // Spans carry the path only: queries hold OAuth codes and states.

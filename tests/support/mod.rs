@@ -496,3 +496,16 @@ pub fn problem_code(body: &Value, status: StatusCode) -> String {
     }
     body["code"].as_str().unwrap().to_string()
 }
+
+/// Asserts the OperationOutcome every error under /fhir/R4 is, and answers our stable code
+/// (in `issue[0].details.coding`).
+pub fn outcome_code(body: &Value, expected_issue_type: &str) -> String {
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let issue = &body["issue"][0];
+    assert_eq!(issue["severity"], "error", "{body}");
+    assert_eq!(issue["code"], expected_issue_type, "{body}");
+    assert!(issue["details"]["text"].is_string(), "{body}");
+    let coding = &issue["details"]["coding"][0];
+    assert_eq!(coding["system"], "https://wearlink.dev/problems", "{body}");
+    coding["code"].as_str().unwrap().to_string()
+}
