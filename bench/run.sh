@@ -20,6 +20,7 @@
 #   BENCH_SQLITE_SYNCHRONOUS "full"        SQLite modes, each a run of its own ("full normal":
 #                                          both; results "sqlite" and "sqlite-normal")
 #   BENCH_SERVER_BIN   target/release/wearlink   another build of the server (e.g. an older commit)
+#   BENCH_BUILD        1                   0: use the binaries in target/release as they are
 #   BENCH_CONCURRENCY  64                  connections / concurrent flows
 #   BENCH_SECONDS      10                  measured seconds per scenario
 #   BENCH_WARMUP       2                   unmeasured seconds before each scenario
@@ -56,8 +57,10 @@ if grep -qw postgres <<<"$BACKENDS" && ! command -v psql >/dev/null 2>&1; then
   apt-get install -y postgresql-client >/dev/null 2>&1 \
     || { apt-get update >/dev/null && apt-get install -y postgresql-client >/dev/null; }
 fi
-log "building (release)"
-cargo build --release --quiet --bin wearlink --example bench_load
+if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+  log "building (release)"
+  cargo build --release --quiet --bin wearlink --example bench_load
+fi
 BIN=${BENCH_SERVER_BIN:-$PWD/target/release/wearlink}
 LOAD=$PWD/target/release/examples/bench_load
 
