@@ -9,11 +9,18 @@
 #   connect   POST /v1/wearables/strava/connect (wrk)
 #   callback  connect, then GET /v1/wearables/strava/callback with that state: token exchange at
 #             the stand-in, Endpoint written, 303 (examples/bench_load.rs)
+#   webhooks  POST /v1/wearables/strava/webhook/<project> for the connected athletes, every 10th
+#             send a retry of the sender's last event; then the inbox is counted (each new event
+#             stored once) (examples/bench_load.rs)
 # and records requests/s, p50/p99 latency, errors, the server's peak RSS (VmHWM, reset before each
 # scenario) and CPU time. Results: bench/results/<date>-<commit>.{json,md}.
 #
 # Settings (environment):
 #   BENCH_BACKENDS     "sqlite postgres"   which backends
+#   BENCH_SQLITE_SYNCHRONOUS "full"        SQLite modes, each a run of its own ("full normal":
+#                                          both; results "sqlite" and "sqlite-normal")
+#   BENCH_SERVER_BIN   target/release/wearlink   another build of the server (e.g. an older commit)
+#   BENCH_BUILD        1                   0: use the binaries in target/release as they are
 #   BENCH_CONCURRENCY  64                  connections / concurrent flows
 #   BENCH_SECONDS      10                  measured seconds per scenario
 #   BENCH_WARMUP       2                   unmeasured seconds before each scenario
@@ -50,9 +57,11 @@ if grep -qw postgres <<<"$BACKENDS" && ! command -v psql >/dev/null 2>&1; then
   apt-get install -y postgresql-client >/dev/null 2>&1 \
     || { apt-get update >/dev/null && apt-get install -y postgresql-client >/dev/null; }
 fi
-log "building (release)"
-cargo build --release --quiet --bin wearlink --example bench_load
-BIN=$PWD/target/release/wearlink
+if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+  log "building (release)"
+  cargo build --release --quiet --bin wearlink --example bench_load
+fi
+BIN=${BENCH_SERVER_BIN:-$PWD/target/release/wearlink}
 LOAD=$PWD/target/release/examples/bench_load
 
 SERVER_PIN=() LOAD_PIN=() PINNING="not pinned: server and load generators share both cores"
@@ -143,11 +152,32 @@ callback() {
     --concurrency "$CONCURRENCY" --seconds "$1" >"$2"
 }
 
+webhooks() {
+  "${LOAD_PIN[@]}" "$LOAD" webhooks --url "$BASE" --token "$TOKEN" --project "$PROJECT" --database-url "$db_url" \
+    --concurrency "$CONCURRENCY" --seconds "$1" >"$2"
+}
+
+RUNS=()
 for backend in $BACKENDS; do
+  if [[ $backend == sqlite ]]; then
+    for mode in ${BENCH_SQLITE_SYNCHRONOUS:-full}; do
+      RUNS+=("sqlite:$mode")
+    done
+  else
+    RUNS+=("$backend:")
+  fi
+done
+
+for run in "${RUNS[@]}"; do
+  backend=${run%%:*} mode=${run#*:}
+  # Results are named by backend, and SQLite's non-default mode after it ("sqlite-normal").
+  if [[ -n $mode && $mode != full ]]; then backend="$backend-$mode"; fi
   data="${BENCH_DATA_DIR:-$WORK}/$backend-$$"
   mkdir -p "$data"
+  unset WEARLINK_SQLITE_SYNCHRONOUS
+  if [[ -n $mode ]]; then export WEARLINK_SQLITE_SYNCHRONOUS=$mode; fi
   case $backend in
-    sqlite) db_url="sqlite://$data/wearlink.db" ;;
+    sqlite*) db_url="sqlite://$data/wearlink.db" ;;
     postgres)
       PG_DB="wearlink_bench_$$"
       psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE $PG_DB" >/dev/null
@@ -166,6 +196,7 @@ for backend in $BACKENDS; do
   log "$backend: seeding"
   created=$("$BIN" project create bench 2>>"$WORK/$backend-cli.log")
   TOKEN=$(sed -E 's/.*"adminToken":"([^"]+)".*/\1/' <<<"$created")
+  PROJECT=$(sed -E 's/.*"projectId":"([^"]+)".*/\1/' <<<"$created")
   "${SERVER_PIN[@]}" "$BIN" serve 2>"$WORK/$backend-server.log" &
   SERVER_PID=$!
   for _ in $(seq 200); do curl -sf -o /dev/null "$BASE/readyz" && break; sleep 0.05; done
@@ -177,6 +208,7 @@ for backend in $BACKENDS; do
   scenario "$backend" baseline baseline
   scenario "$backend" connect connect
   scenario "$backend" callback callback
+  scenario "$backend" webhooks webhooks
 
   stop "$SERVER_PID"
   SERVER_PID=""
@@ -193,8 +225,9 @@ cat >"$RESULTS/meta.json" <<EOF
  "machine": "$(nproc) cores, ${cpu:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)",
  "concurrency": $CONCURRENCY, "seconds": $DURATION, "warmup_seconds": $WARMUP, "patients": $PATIENTS,
  "pinning": "$PINNING", "rust_log": "${BENCH_RUST_LOG:-default (info)}",
+ "server": "${BENCH_SERVER_BIN:-this commit}", "sqlite_synchronous": "${BENCH_SQLITE_SYNCHRONOUS:-full}",
  "background_busy_cores": $BACKGROUND_BUSY,
- "load_generators": "wrk $(wrk --version 2>&1 | awk 'NR==1 {print $2}') -t2 for baseline and connect; examples/bench_load.rs for callback"}
+ "load_generators": "wrk $(wrk --version 2>&1 | awk 'NR==1 {print $2}') -t2 for baseline and connect; examples/bench_load.rs for callback and webhooks"}
 EOF
 mkdir -p "$OUT_DIR"
 name="$OUT_DIR/$stamp-$commit$label"

@@ -1,9 +1,13 @@
 //! Helpers for `bench/run.sh` (not part of the service or the test suite):
 //!
-//! - `stand-in`: an instantly answering Strava token endpoint (`POST /oauth/token`).
+//! - `stand-in`: an instantly answering Strava token endpoint (`POST /oauth/token`) and push
+//!   subscription creation (`POST /api/v3/push_subscriptions`).
 //! - `seed`: enables Strava in a project, stores its credentials and creates patients.
 //! - `callback`: a closed-loop driver of the full connect → callback story at a fixed concurrency
 //!   for a fixed time; prints JSON (flows/s, latency percentiles, errors).
+//! - `webhooks`: a closed-loop driver of Strava webhook deliveries for the project's connected
+//!   athletes (every 10th send a provider's retry), which then counts the project's inbox: every
+//!   event acknowledged as new is stored once, every retry answered as a duplicate.
 //! - `report`: merges the per-scenario JSON files of a run into one JSON and one Markdown file.
 //!
 //! `cargo run --release --example bench_load -- <command> --help`
@@ -17,6 +21,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+
+mod support;
 
 #[derive(Parser)]
 struct Cli {
@@ -59,6 +65,28 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Drive Strava webhook deliveries at a fixed concurrency for a fixed time; prints JSON.
+    Webhooks {
+        #[arg(long)]
+        url: String,
+        /// An admin token (lists the connections, creates the push subscription when missing).
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        project: String,
+        /// The server's database, to count the inbox before and after (read-only).
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Every n-th send of a worker repeats its last event (0: never).
+        #[arg(long, default_value_t = 10)]
+        duplicate_every: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Merge `<dir>/*.json` scenario results into `--json` and `--markdown`.
     Report {
         #[arg(long)]
@@ -88,6 +116,19 @@ fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
+        Command::Webhooks { url, token, project, database_url, concurrency, seconds, duplicate_every, threads } => {
+            let result = runtime(threads)?.block_on(drive_webhooks(
+                url,
+                token,
+                project,
+                database_url,
+                concurrency,
+                Duration::from_secs_f64(seconds),
+                duplicate_every,
+            ))?;
+            println!("{result}");
+            Ok(())
+        }
         Command::Report { dir, json, markdown } => report(&dir, &json, &markdown),
     }
 }
@@ -100,7 +141,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn stand_in(bind: String, addr_file: PathBuf) -> anyhow::Result<()> {
     let athletes = Arc::new(AtomicU64::new(1_000_000));
-    let app = Router::new().route(
+    let app = Router::new().route("/api/v3/push_subscriptions", post(|| async { Json(json!({"id": 1})) })).route(
         "/oauth/token",
         post(move |_form: axum::body::Bytes| {
             let athletes = Arc::clone(&athletes);
@@ -281,6 +322,133 @@ fn percentile_ms(samples: &mut [u32], p: f64) -> f64 {
     samples[rank.clamp(1, samples.len()) - 1] as f64 / 1000.0
 }
 
+// ---- webhooks driver ----
+
+async fn drive_webhooks(
+    url: String,
+    token: String,
+    project: String,
+    database_url: String,
+    concurrency: usize,
+    duration: Duration,
+    duplicate_every: u64,
+) -> anyhow::Result<Value> {
+    let http =
+        reqwest::Client::builder().pool_max_idle_per_host(concurrency).timeout(Duration::from_secs(5)).build()?;
+    // The subscription (recorded once; the stand-in answers id 1) and the athletes connected so far.
+    let r = http.post(format!("{url}/v1/wearables/strava/webhook-subscription")).bearer_auth(&token).send().await?;
+    anyhow::ensure!(r.status().is_success(), "creating the push subscription: {}", r.status());
+    let connections: Value =
+        http.get(format!("{url}/v1/wearables/connections")).bearer_auth(&token).send().await?.json().await?;
+    let mut athletes: Vec<u64> = connections["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["remoteUserId"].as_str()?.parse().ok())
+        .collect();
+    if athletes.is_empty() {
+        athletes.push(1); // unknown: its events are stored as `ignored`
+    }
+    let db = support::Db::open(&database_url).await?;
+    let count = "SELECT COUNT(*) FROM webhook_events WHERE project_id = $1";
+    let stored_before = db.count(count, &project).await?;
+
+    let webhook_url = format!("{url}/v1/wearables/strava/webhook/{project}");
+    // Object ids of this run: distinct from the warm-up's and earlier runs'.
+    let next = Arc::new(AtomicU64::new((chrono::Utc::now().timestamp_micros() as u64) << 8));
+    let athletes = Arc::new(athletes);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (http, webhook_url, next, athletes) =
+            (http.clone(), webhook_url.clone(), Arc::clone(&next), Arc::clone(&athletes));
+        workers.push(tokio::spawn(async move {
+            let mut stats = WebhookStats::default();
+            let mut last: Option<(u64, u64)> = None;
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                let repeat =
+                    (duplicate_every > 0 && sent % duplicate_every == duplicate_every - 1).then_some(last).flatten();
+                let (object, owner) = repeat.unwrap_or_else(|| {
+                    let object = next.fetch_add(1, Ordering::Relaxed);
+                    (object, athletes[object as usize % athletes.len()])
+                });
+                last = Some((object, owner));
+                sent += 1;
+                let body = json!({"aspect_type": "create", "event_time": 1764064000, "object_id": object,
+                    "object_type": "activity", "owner_id": owner, "subscription_id": 1, "updates": {}});
+                let t = Instant::now();
+                let answer = match http.post(&webhook_url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => r.json::<Value>().await.map_err(|e| e.to_string()),
+                    Ok(r) => Err(format!("{}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match answer.map(|a| a["duplicate"].as_bool()) {
+                    Ok(Some(duplicate)) => {
+                        stats.latency_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        if duplicate {
+                            stats.duplicates += 1
+                        } else {
+                            stats.new += 1
+                        }
+                        if duplicate != repeat.is_some() {
+                            stats.wrong_answers += 1;
+                        }
+                    }
+                    Ok(None) => stats.errors += 1,
+                    Err(e) => {
+                        stats.errors += 1;
+                        stats.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut all = WebhookStats::default();
+    for worker in workers {
+        let stats = worker.await?;
+        all.new += stats.new;
+        all.duplicates += stats.duplicates;
+        all.wrong_answers += stats.wrong_answers;
+        all.errors += stats.errors;
+        all.latency_us.extend(stats.latency_us);
+        if all.first_error.is_none() {
+            all.first_error = stats.first_error;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = db.count(count, &project).await? - stored_before;
+    let acknowledged = all.latency_us.len();
+    Ok(json!({
+        "requests": acknowledged,
+        "seconds": elapsed,
+        "rps": acknowledged as f64 / elapsed,
+        "p50_ms": percentile_ms(&mut all.latency_us, 50.0),
+        "p99_ms": percentile_ms(&mut all.latency_us, 99.0),
+        "max_ms": percentile_ms(&mut all.latency_us, 100.0),
+        "errors": all.errors,
+        "first_error": all.first_error,
+        "new": all.new,
+        "duplicates": all.duplicates,
+        "wrong_answers": all.wrong_answers,
+        "stored": stored,
+        // Nothing lost, nothing stored twice, every answer true (no errors, whose fate is unknown).
+        "store_ok": stored == all.new as i64 && all.wrong_answers == 0 && all.errors == 0,
+    }))
+}
+
+#[derive(Default)]
+struct WebhookStats {
+    new: u64,
+    duplicates: u64,
+    wrong_answers: u64,
+    errors: u64,
+    latency_us: Vec<u32>,
+    first_error: Option<String>,
+}
+
 // ---- report ----
 
 /// Merges `<backend>-<scenario>.json` files (each with rps, p50_ms, p99_ms, errors, peak_rss_kib)
@@ -289,6 +457,7 @@ fn report(dir: &std::path::Path, json_out: &std::path::Path, markdown_out: &std:
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
     let mut backends = serde_json::Map::new();
     let mut md = String::new();
+    let mut store_checks = String::new();
     md.push_str(&format!(
         "# Wearlink benchmark {}\n\ncommit `{}`, {}; {} connections, {} s per scenario (after {} s warm-up); {}; \
          logs: {}; before the run {} cores were busy with other work\n\n",
@@ -305,10 +474,10 @@ fn report(dir: &std::path::Path, json_out: &std::path::Path, markdown_out: &std:
     md.push_str(
         "| backend | scenario | requests/s | × baseline | p50 ms | p99 ms | errors | peak RSS MiB | server CPU s | machine busy cores |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for backend in ["sqlite", "postgres"] {
+    for backend in ["sqlite", "sqlite-normal", "postgres"] {
         let mut scenarios = serde_json::Map::new();
         let mut baseline_rps = None;
-        for scenario in ["baseline", "connect", "callback"] {
+        for scenario in ["baseline", "connect", "callback", "webhooks"] {
             let path = dir.join(format!("{backend}-{scenario}.json"));
             let Ok(text) = std::fs::read_to_string(&path) else { continue };
             let mut result: Value = serde_json::from_str(&text)?;
@@ -333,6 +502,17 @@ fn report(dir: &std::path::Path, json_out: &std::path::Path, markdown_out: &std:
                 result["server_cpu_s"],
                 result["machine_busy_cores"],
             ));
+            if scenario == "webhooks" {
+                store_checks.push_str(&format!(
+                    "- {backend}: {} acknowledged as new, {} retries answered as duplicates ({} wrong answers), \
+                     {} events stored: {}\n",
+                    result["new"],
+                    result["duplicates"],
+                    result["wrong_answers"],
+                    result["stored"],
+                    if result["store_ok"] == true { "nothing lost, none stored twice" } else { "**MISMATCH**" },
+                ));
+            }
             scenarios.insert(scenario.into(), result);
         }
         if !scenarios.is_empty() {
@@ -342,9 +522,14 @@ fn report(dir: &std::path::Path, json_out: &std::path::Path, markdown_out: &std:
             backends.insert(backend.into(), Value::Object(scenarios));
         }
     }
+    if !store_checks.is_empty() {
+        md.push_str("\nWebhook inbox after the measured run (warm-up excluded):\n\n");
+        md.push_str(&store_checks);
+    }
     md.push_str(
         "\nbaseline and connect: wrk (`-t2`); callback: `examples/bench_load.rs callback` (connect, then the \
-         callback with that state; the rate counts completed flows, latencies are the callback's). Errors: \
+         callback with that state; the rate counts completed flows, latencies are the callback's); webhooks: \
+         `examples/bench_load.rs webhooks` (Strava events for the connected athletes, every 10th send a retry). Errors: \
          transport errors, timeouts and unexpected statuses. Peak RSS: the server's VmHWM during the scenario \
          (reset before its warm-up). Server CPU: user + system seconds of the server process while measured; machine busy cores: all \
          processes (server, load generator, database, anything else).\n",

@@ -1,5 +1,5 @@
-//! Group commit of the writes on the connect → callback path: concurrent callers share one
-//! statement (or one transaction) instead of one each. Nothing waits on a timer — a batch is
+//! Group commit of the writes on the connect → callback path and of the webhook inbox: concurrent
+//! callers share one statement (or one transaction) instead of one each. Nothing waits on a timer — a batch is
 //! whatever queued while the previous one was being written, so a lone caller is written at once,
 //! and each caller still gets its answer only after its write has committed.
 //!
@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::store::{ConnectionRecord, OAuthStateRecord, Store, StoreError, StoreResult, StoredResource};
+use crate::store::{ConnectionRecord, OAuthStateRecord, Store, StoreError, StoreResult, StoredResource, WebhookEvent};
 
 /// Items written together at most (statement parameters stay far below every backend's limit).
 const MAX_BATCH: usize = 64;
@@ -93,7 +93,7 @@ fn all_failed<O>(n: usize, e: &StoreError) -> Vec<StoreResult<O>> {
     (0..n).map(|_| Err(e.clone())).collect()
 }
 
-/// The batched writes of the connect → callback path.
+/// The batched writes of the connect → callback path and of the webhook inbox.
 pub struct Writes {
     /// Connect: stores a state when its patient exists in its project; answers whether it did.
     pub insert_state: Batcher<OAuthStateRecord, bool>,
@@ -101,6 +101,8 @@ pub struct Writes {
     pub take_state: Batcher<String, Option<OAuthStateRecord>>,
     /// Callback: writes the connection and the next version of its Endpoint.
     pub save_connection: Batcher<(ConnectionRecord, Value), StoredResource>,
+    /// Webhooks: stores an event (with its job) unless its provider key is in; answers whether it was new.
+    pub insert_event: Batcher<WebhookEvent, bool>,
 }
 
 impl Writes {
@@ -108,7 +110,8 @@ impl Writes {
         Self {
             insert_state: Batcher::new(Arc::clone(&store), |store, states| Box::pin(insert_states(store, states))),
             take_state: Batcher::new(Arc::clone(&store), |store, hashes| Box::pin(take_states(store, hashes))),
-            save_connection: Batcher::new(store, |store, items| Box::pin(save_connections(store, items))),
+            save_connection: Batcher::new(Arc::clone(&store), |store, items| Box::pin(save_connections(store, items))),
+            insert_event: Batcher::new(store, |store, events| Box::pin(insert_events(store, events))),
         }
     }
 }
@@ -149,6 +152,42 @@ async fn save_connections(
     let mut results = Vec::with_capacity(items.len());
     for (connection, endpoint) in items {
         results.push(store.save_connection(&connection, endpoint).await);
+    }
+    results
+}
+
+/// One transaction for the batch. An event whose provider key came earlier in the batch is a
+/// provider's retry: the first is written and the repeat answered "not new" after that commit.
+/// If the transaction fails, each event is written on its own (in order, so a repeat still meets
+/// its first), and only the one at fault fails.
+async fn insert_events(store: Arc<dyn Store>, events: Vec<WebhookEvent>) -> Vec<StoreResult<bool>> {
+    let mut first_of_key = HashMap::new();
+    let firsts: Vec<usize> = (0..events.len())
+        .filter(|&i| {
+            let e = &events[i];
+            *first_of_key.entry((e.project_id.as_str(), e.provider.as_str(), e.dedup_key.as_str())).or_insert(i) == i
+        })
+        .collect();
+    let written = if firsts.len() == events.len() {
+        store.insert_events(&events).await
+    } else {
+        let distinct: Vec<WebhookEvent> = firsts.iter().map(|&i| events[i].clone()).collect();
+        store.insert_events(&distinct).await
+    };
+    match written {
+        Ok(new) => {
+            let mut answers = vec![Ok(false); events.len()];
+            for (&i, new) in firsts.iter().zip(new) {
+                answers[i] = Ok(new);
+            }
+            return answers;
+        }
+        Err(e) if events.len() == 1 => return vec![Err(e)],
+        Err(_) => {}
+    }
+    let mut results = Vec::with_capacity(events.len());
+    for event in &events {
+        results.push(store.insert_event(event).await);
     }
     results
 }

@@ -105,6 +105,11 @@ impl Config {
         let pool_default = if config.database_url.starts_with("sqlite:") { "4" } else { "10" };
         config.pool.max_connections = parse_var(&var, "WEARLINK_DB_MAX_CONNECTIONS", pool_default)?;
         config.pool.acquire_timeout = Duration::from_millis(parse_var(&var, "WEARLINK_DB_ACQUIRE_TIMEOUT_MS", "2000")?);
+        if let Some(raw) = var("WEARLINK_SQLITE_SYNCHRONOUS") {
+            config.pool.sqlite_durability = raw
+                .parse()
+                .map_err(|reason| ConfigError::Invalid { name: "WEARLINK_SQLITE_SYNCHRONOUS".into(), reason })?;
+        }
         config.master_key = var("WEARLINK_MASTER_KEY");
         config.previous_master_keys = var("WEARLINK_MASTER_KEY_PREVIOUS")
             .map(|v| v.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
@@ -250,6 +255,19 @@ mod tests {
         assert_eq!(config.metrics_bind, Some("10.0.0.5:9090".parse().unwrap()));
         let err = Config::from_vars(|name| (name == "WEARLINK_METRICS_BIND").then(|| "9090".into())).unwrap_err();
         assert!(err.to_string().contains("WEARLINK_METRICS_BIND"));
+    }
+
+    #[test]
+    fn sqlite_commits_are_durable_unless_the_faster_mode_is_asked_for() {
+        use crate::store::SqliteDurability;
+        let with = |value: &'static str| {
+            Config::from_vars(|name| (name == "WEARLINK_SQLITE_SYNCHRONOUS").then(|| value.to_string()))
+        };
+        assert_eq!(Config::from_vars(|_| None).unwrap().pool.sqlite_durability, SqliteDurability::Full);
+        assert_eq!(with("normal").unwrap().pool.sqlite_durability, SqliteDurability::Normal);
+        assert_eq!(with("full").unwrap().pool.sqlite_durability, SqliteDurability::Full);
+        let err = with("off").unwrap_err().to_string();
+        assert!(err.contains("WEARLINK_SQLITE_SYNCHRONOUS"), "{err}");
     }
 
     #[test]

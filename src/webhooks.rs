@@ -124,9 +124,11 @@ async fn store(
         None => None,
     };
     let now = now_ms();
+    // Group-committed with the events that arrive meanwhile; answered once its commit is done.
     let new = services
-        .store
-        .insert_event(&WebhookEvent {
+        .writes
+        .insert_event
+        .run(WebhookEvent {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: project_id.into(),
             provider: provider.into(),

@@ -20,6 +20,8 @@ on_both_backends!(
     oversized_and_malformed_deliveries_are_refused_without_harm,
     a_burst_of_events_survives_a_restart_in_the_middle_of_processing,
     a_malformed_event_is_kept_as_ignored_and_can_be_replayed,
+    concurrent_deliveries_and_retries_are_each_stored_once_and_answered_truly,
+    an_event_that_cannot_be_stored_fails_alone,
 );
 
 async fn post_raw(app: &TestApp, path: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (StatusCode, Value) {
@@ -394,4 +396,94 @@ async fn a_malformed_event_is_kept_as_ignored_and_can_be_replayed(backend: Backe
     let (status, _) = app.send("POST", "/v1/wearables/events/nope/replay", Some(&admin), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// Providers deliver concurrently and retry what they think was lost, so the first delivery and
+/// its retries of one event can arrive together (and be written in one group commit).
+async fn concurrent_deliveries_and_retries_are_each_stored_once_and_answered_truly(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, _, athlete) = strava_ready(&app).await;
+    let url = app.url(&format!("/v1/wearables/strava/webhook/{}", app.project_id));
+
+    // 300 events, each delivered 1 to 4 times; one in five from an athlete we do not know.
+    let events: Vec<(u64, u64, usize)> =
+        (0..300u64).map(|i| (if i % 5 == 4 { 424_242 } else { athlete }, 500_000 + i, (i % 4 + 1) as usize)).collect();
+    // Every delivery at once, a retry next to its first delivery.
+    let deliveries: Vec<(u64, u64)> =
+        events.iter().flat_map(|&(owner, object, copies)| std::iter::repeat_n((owner, object), copies)).collect();
+    let answers = futures::stream::iter(deliveries.clone())
+        .map(|(owner, object)| {
+            let (http, url) = (app.http.clone(), url.clone());
+            async move {
+                let response = http
+                    .post(&url)
+                    .body(strava_event(owner, object, "activity", "create", json!({})))
+                    .send()
+                    .await
+                    .unwrap();
+                (object, response.status(), response.json::<Value>().await.unwrap())
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+
+    let mut firsts = std::collections::HashMap::<u64, usize>::new();
+    for (object, status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert_eq!(body["ok"], true, "{body}");
+        if body["duplicate"] == false {
+            *firsts.entry(*object).or_default() += 1;
+        } else {
+            assert_eq!(body["duplicate"], true, "{body}");
+        }
+    }
+    assert_eq!(answers.len(), deliveries.len());
+    for (_, object, copies) in &events {
+        assert_eq!(firsts.get(object), Some(&1), "event {object} ({copies} deliveries) answered new exactly once");
+    }
+    let known = events.iter().filter(|(owner, ..)| *owner == athlete).count() as i64;
+    let counts = counts(&app).await;
+    assert_eq!(counts.get("received"), Some(&known), "{counts:?}");
+    assert_eq!(counts.get("ignored"), Some(&(events.len() as i64 - known)), "{counts:?}");
+    // One job each: the worker processes every event of a known athlete once.
+    assert_eq!(process_due(&app.services, now_ms()).await.unwrap(), known as usize);
+    assert_eq!(process_due(&app.services, now_ms() + 3600 * 1000).await.unwrap(), 0);
+}
+
+/// A write that fails for one event (here: a project that does not exist) fails that event only,
+/// not the others written in the same group commit.
+async fn an_event_that_cannot_be_stored_fails_alone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let now = now_ms();
+    let event = |project: &str, key: String| WebhookEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: project.into(),
+        provider: "strava".into(),
+        dedup_key: key,
+        event_type: "activity.create".into(),
+        remote_user_id: Some("1".into()),
+        endpoint_id: None,
+        patient_id: None,
+        payload: "{}".into(),
+        state: "ignored".into(),
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        received_at: now,
+        processed_at: Some(now),
+        synced_refs: None,
+    };
+    let writes = &app.services.writes.insert_event;
+    let mut batch: Vec<_> = (0..40).map(|i| event(&app.project_id, format!("k{i}"))).collect();
+    batch.insert(17, event("no-such-project", "k17".into()));
+    batch.push(event(&app.project_id, "k3".into()));
+    let results = futures::future::join_all(batch.into_iter().map(|e| writes.run(e))).await;
+
+    assert!(results[17].is_err(), "the event of an unknown project is not stored: {:?}", results[17]);
+    let ok: Vec<bool> =
+        results.iter().enumerate().filter(|(i, _)| *i != 17).map(|(_, r)| *r.as_ref().unwrap()).collect();
+    assert_eq!(ok.iter().filter(|new| **new).count(), 40, "the other 40 stored: {ok:?}");
+    assert_eq!(ok.last(), Some(&false), "the repeat of k3 answered as a duplicate");
+    assert_eq!(counts(&app).await.get("ignored"), Some(&40));
 }

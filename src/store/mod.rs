@@ -28,11 +28,41 @@ pub use sqlite::SqliteStore;
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: std::time::Duration,
+    /// SQLite only: when a commit reaches the disk.
+    pub sqlite_durability: SqliteDurability,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_connections: 10, acquire_timeout: std::time::Duration::from_secs(2) }
+        Self {
+            max_connections: 10,
+            acquire_timeout: std::time::Duration::from_secs(2),
+            sqlite_durability: SqliteDurability::default(),
+        }
+    }
+}
+
+/// SQLite's `PRAGMA synchronous` in WAL mode (`WEARLINK_SQLITE_SYNCHRONOUS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteDurability {
+    /// `FULL`: each commit is synced to disk before it is answered, so what was acknowledged
+    /// survives an OS crash or a power loss.
+    #[default]
+    Full,
+    /// `NORMAL`: the WAL is synced only at checkpoints. Survives a process crash, but an OS crash
+    /// or power loss can roll back the last commits, acknowledged ones included.
+    Normal,
+}
+
+impl std::str::FromStr for SqliteDurability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            _ => Err("expected full or normal".into()),
+        }
     }
 }
 
@@ -405,6 +435,9 @@ pub trait WebhookStore: Send + Sync {
     /// Stores an event unless the same (project, provider, dedup key) is already in; answers
     /// whether it was new.
     async fn insert_event(&self, event: &WebhookEvent) -> StoreResult<bool>;
+    /// Stores several events in one transaction (one commit), each with its job as `insert_event`
+    /// does; answers, in order, whether each was new. Event ids must be distinct.
+    async fn insert_events(&self, events: &[WebhookEvent]) -> StoreResult<Vec<bool>>;
     async fn read_event(&self, id: &str) -> StoreResult<Option<WebhookEvent>>;
     /// Completes the event's job (fenced on `lease`) and records the outcome in one transaction;
     /// false when the lease was lost (nothing written).

@@ -904,6 +904,54 @@ macro_rules! impl_sql_store {
             Ok(inserted == 1)
         }
 
+        async fn insert_events(&self, events: &[WebhookEvent]) -> StoreResult<Vec<bool>> {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut writer = self.writer().await?;
+            let mut tx = $begin_write(&mut writer).await?;
+            // One statement for the batch; the ids it answers are the events that were new (a
+            // key repeated within the batch is inserted once, for its first row).
+            let sql = format!(
+                "INSERT INTO webhook_events (id, project_id, provider, dedup_key, event_type, remote_user_id,
+                     endpoint_id, patient_id, payload, state, attempts, next_attempt_at, last_error, received_at,
+                     processed_at)
+                 VALUES {}
+                 ON CONFLICT (project_id, provider, dedup_key) DO NOTHING
+                 RETURNING id",
+                $crate::store::sql::value_rows(events.len(), 15, |p| format!("({})", p.join(", "))),
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for e in events {
+                query = query
+                    .bind(&e.id)
+                    .bind(&e.project_id)
+                    .bind(&e.provider)
+                    .bind(&e.dedup_key)
+                    .bind(&e.event_type)
+                    .bind(&e.remote_user_id)
+                    .bind(&e.endpoint_id)
+                    .bind(&e.patient_id)
+                    .bind(&e.payload)
+                    .bind(&e.state)
+                    .bind(e.attempts)
+                    .bind(e.next_attempt_at)
+                    .bind(&e.last_error)
+                    .bind(e.received_at)
+                    .bind(e.processed_at);
+            }
+            let inserted: std::collections::HashSet<String> =
+                query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
+            let jobs: Vec<_> = events
+                .iter()
+                .filter(|e| e.state == "received" && inserted.contains(&e.id))
+                .map($crate::sync::event_job)
+                .collect();
+            insert_jobs(&mut tx, &jobs).await?;
+            tx.commit().await?;
+            Ok(events.iter().map(|e| inserted.contains(&e.id)).collect())
+        }
+
         async fn read_event(&self, id: &str) -> StoreResult<Option<WebhookEvent>> {
             sqlx::query("SELECT * FROM webhook_events WHERE id = $1")
                 .bind(id)

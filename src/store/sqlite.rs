@@ -1,4 +1,5 @@
-//! The embedded default: SQLite in WAL mode through sqlx.
+//! The embedded default: SQLite in WAL mode through sqlx, `synchronous = FULL` unless configured
+//! otherwise (`SqliteDurability`).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -73,7 +74,10 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(database_url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(match pool.sqlite_durability {
+                SqliteDurability::Full => SqliteSynchronous::Full,
+                SqliteDurability::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -240,6 +244,34 @@ impl_session_store!(store: SqliteStore, row: SqliteRow);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `PRAGMA synchronous` of a store opened as `wearlink serve` would, with this setting.
+    async fn synchronous_of(setting: Option<&str>) -> i64 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wearlink.db").display());
+        let config = crate::Config::from_vars(|name| match name {
+            "WEARLINK_DATABASE_URL" => Some(url.clone()),
+            "WEARLINK_SQLITE_SYNCHRONOUS" => setting.map(String::from),
+            _ => None,
+        })
+        .unwrap();
+        let pool = config.pool;
+        let store = SqliteStore::connect(&url, &pool).await.unwrap();
+        let (writer,): (i64,) =
+            sqlx::query_as("PRAGMA synchronous").fetch_one(&mut *store.writer().await.unwrap()).await.unwrap();
+        let (reader,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(store.reader()).await.unwrap();
+        assert_eq!(writer, reader, "every connection of the store runs the same mode");
+        writer
+    }
+
+    /// What was acknowledged survives an OS crash by default; the faster mode is asked for.
+    #[tokio::test]
+    async fn commits_are_synced_to_disk_unless_configured_otherwise() {
+        assert_eq!(synchronous_of(None).await, 2, "FULL by default");
+        assert_eq!(synchronous_of(Some("full")).await, 2);
+        assert_eq!(synchronous_of(Some("normal")).await, 1, "NORMAL when configured");
+        assert_eq!(synchronous_of(Some("NORMAL")).await, 1);
+    }
 
     /// Under writes that never pause the WAL still starts over, so its file stays bounded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
