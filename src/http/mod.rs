@@ -120,12 +120,15 @@ pub fn router(services: Arc<Services>) -> Router {
     let (router, openapi) = routes();
     let openapi = Arc::new(openapi);
     let request_timeout = services.config.request_timeout;
+    let in_flight = Arc::clone(&services.requests_in_flight);
     router
         .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(move |request, next| time_limit(request, next, request_timeout)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            time_limit(request, next, request_timeout, Arc::clone(&in_flight))
+        }))
         .layer(
             // Spans carry the path only: queries hold OAuth codes and states.
             TraceLayer::new_for_http()
@@ -140,7 +143,14 @@ pub fn router(services: Arc<Services>) -> Router {
 
 /// Answers 503 `timeout` (problem+json, like every error) when a request takes longer than `limit`;
 /// the request's work is dropped (a batched write it joined still completes for the others).
-async fn time_limit(request: axum::extract::Request, next: axum::middleware::Next, limit: Duration) -> Response {
+/// Counts it in `in_flight` while it runs (background work paces itself meanwhile, see `sync`).
+async fn time_limit(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: Duration,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+) -> Response {
+    let _serving = crate::sync::Serving::new(in_flight);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => error::ApiError::Timeout(limit).into_response(),
