@@ -66,7 +66,7 @@ impl Default for SyncPolicy {
         Self {
             lease: Duration::from_secs(120),
             concurrency: 8,
-            busy_rate: 100,
+            busy_rate: 25,
             poll: Duration::from_secs(1),
             reconcile_every: Duration::from_secs(6 * 3600),
             reconcile_window: Duration::from_secs(48 * 3600),
