@@ -131,6 +131,8 @@ impl Config {
         config.refresh_interval = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_INTERVAL_SECS", "60")?);
         config.sync.lease = Duration::from_secs(parse_var(&var, "WEARLINK_SYNC_LEASE_SECS", "120")?);
         config.sync.concurrency = parse_var(&var, "WEARLINK_SYNC_CONCURRENCY", "8")?;
+        config.sync.busy_rate = parse_var(&var, "WEARLINK_SYNC_BUSY_RATE", "25")?;
+        config.sync.busy_requests = parse_var(&var, "WEARLINK_SYNC_BUSY_REQUESTS", "8")?;
         config.sync.reconcile_every =
             Duration::from_secs(parse_var(&var, "WEARLINK_SYNC_RECONCILE_INTERVAL_SECS", "21600")?);
         config.sync.reconcile_window =

@@ -44,11 +44,15 @@ pub struct Services {
     pub cache: cache::Cache,
     /// The connect → callback path's writes, many callers to one statement or transaction.
     pub writes: batch::Writes,
+    /// Delivery outcomes, many attempts to one transaction.
+    pub delivery_outcomes: events::Outcomes,
     /// Wakes this instance's sync worker (an event was just stored, a resync asked for).
     pub sync_wake: tokio::sync::Notify,
     pub sync_counters: sync::SyncCounters,
     /// This instance's metrics (`GET /metrics`).
     pub metrics: metrics::Metrics,
+    /// Requests being served now: while there are any, background jobs start at a bounded pace.
+    pub requests_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Services {
@@ -79,9 +83,11 @@ impl Services {
             instance_id: uuid::Uuid::new_v4().to_string(),
             cache: cache::Cache::new(config.cache_ttl),
             writes: batch::Writes::new(Arc::clone(&store)),
+            delivery_outcomes: events::Outcomes::new(Arc::clone(&store)),
             sync_wake: tokio::sync::Notify::new(),
             sync_counters: sync::SyncCounters::default(),
             metrics,
+            requests_in_flight: Arc::default(),
             keyring,
             store,
             config,

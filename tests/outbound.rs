@@ -36,6 +36,7 @@ on_both_backends!(
     two_instances_dispatching_at_once_make_each_attempt_once,
     ten_thousand_events_reach_three_endpoints_while_one_fails_half_the_time,
     an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it,
+    deliveries_give_way_while_requests_are_served_and_catch_up_after,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -993,4 +994,35 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it(bac
         admin_send(&app, "PATCH", &format!("/v1/webhook-endpoints/{endpoint}"), Some(json!({"enabled": true}))).await;
     assert_eq!((status, &e["enabled"]), (StatusCode::OK, &json!(true)), "{e}");
     assert!(e.get("disabledReason").is_none_or(Value::is_null), "{e}");
+}
+
+async fn deliveries_give_way_while_requests_are_served_and_catch_up_after(backend: Backend) {
+    fn paced(c: &mut Config) {
+        c.outbound.allow_loopback = true;
+        c.sync.busy_rate = 20;
+    }
+    let app = spawn(backend, paced).await;
+    let receiver = Receiver::start().await;
+    register(&app, &receiver, None).await;
+    let events = emit_to_every_endpoint(&app, 500).await;
+
+    // A request is being served the whole second, as under a saturating load (the counter the
+    // HTTP layer keeps, held here: a real request would end too soon to see anything).
+    let serving: Vec<_> = (0..app.services.config.sync.busy_requests)
+        .map(|_| wearlink::sync::Serving::new(Arc::clone(&app.services.requests_in_flight)))
+        .collect();
+    let worker = wearlink::sync::spawn_worker(&app.services);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let while_served = receiver.count();
+    assert!(
+        (1..=30).contains(&while_served),
+        "at most about 20 a second start while requests are served, and never none: {while_served}"
+    );
+
+    drop(serving);
+    let got = receiver.wait_for_type("webhook-endpoint.test", 500, Duration::from_secs(60)).await;
+    worker.abort();
+    let ids: HashSet<String> = got.iter().map(|d| d.webhook_id.clone().unwrap()).collect();
+    assert_eq!(ids, events, "once no request is served, every delivery goes out");
+    receiver.assert_all_verified();
 }

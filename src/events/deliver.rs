@@ -1,15 +1,19 @@
 //! One delivery attempt: a job of the one queue. The target is checked again (DNS included)
 //! before each attempt, the body signed with the endpoint's secret(s), 2xx is delivered; anything
 //! else is retried on the schedule and then failed. The outcome is written with the job's
-//! completion, fenced on its lease: two instances never both record one attempt.
+//! completion, fenced on its lease: two instances never both record one attempt. Outcomes are
+//! written in groups (`Outcomes`): one transaction for the attempts that finished meanwhile.
+
+use std::sync::{Arc, OnceLock};
 
 use secrecy::ExposeSecret;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::endpoints::signing_secrets;
 use super::sign;
-use crate::store::outbound::{AttemptResult, DeliveryRecord, EndpointRecord};
+use crate::store::outbound::{AttemptResult, AttemptWrite, DeliveryRecord, EndpointRecord};
 use crate::store::sync::{Job, JobOutcome};
-use crate::store::Lease;
+use crate::store::{Lease, Store, StoreError, StoreResult};
 use crate::time::now_ms;
 use crate::Services;
 
@@ -51,7 +55,92 @@ pub async fn deliver(services: &Services, job: &Job, lease: &Lease) -> crate::Re
             Err(error) => failure(services, &endpoint, &delivery, None, error, now),
         }
     };
-    Ok(services.store.record_attempt(lease, &job.id, &delivery, &result).await?)
+    let attempt = AttemptWrite {
+        lease_owner: lease.owner.clone(),
+        job_id: job.id.clone(),
+        delivery_id: delivery.id,
+        endpoint_id: delivery.endpoint_id,
+        result,
+    };
+    Ok(services.delivery_outcomes.record(attempt).await?)
+}
+
+/// Attempts recorded together at most.
+const MAX_GROUP: usize = 128;
+
+type Waiting = (AttemptWrite, oneshot::Sender<StoreResult<bool>>);
+
+/// Group commit of delivery outcomes: the attempts that finished while the previous group was
+/// being written go in the next transaction, so a commit (and on SQLite a turn of the one writer)
+/// serves many deliveries. No timer: a lone attempt is written at once; each caller gets its
+/// answer once its group has committed.
+pub struct Outcomes {
+    store: Arc<dyn Store>,
+    /// Started on first use.
+    queue: OnceLock<mpsc::UnboundedSender<Waiting>>,
+}
+
+impl Outcomes {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, queue: OnceLock::new() }
+    }
+
+    /// Records one attempt with its job's completion; false when its lease was lost.
+    pub async fn record(&self, attempt: AttemptWrite) -> StoreResult<bool> {
+        let queue = self.queue.get_or_init(|| {
+            let (queue, waiting) = mpsc::unbounded_channel();
+            tokio::spawn(write_groups(Arc::clone(&self.store), waiting));
+            queue
+        });
+        let (answer, answered) = oneshot::channel();
+        queue.send((attempt, answer)).map_err(|_| unanswered())?;
+        answered.await.map_err(|_| unanswered())?
+    }
+}
+
+fn unanswered() -> StoreError {
+    StoreError::Unavailable("the delivery outcome writer did not answer".into())
+}
+
+async fn write_groups(store: Arc<dyn Store>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+    // As many groups in flight as the backend writes at once; the rest queue meanwhile.
+    let in_flight = Arc::new(Semaphore::new(store.parallel_writes()));
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    loop {
+        let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        if waiting.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return;
+        }
+        let (attempts, answers): (Vec<AttemptWrite>, Vec<_>) = group.drain(..).unzip();
+        let store = Arc::clone(&store);
+        // Background work: on SQLite the group lets waiting requests write first.
+        tokio::spawn(crate::store::in_background(async move {
+            for (answer, result) in answers.into_iter().zip(write_group(&store, &attempts).await) {
+                let _ = answer.send(result); // the job may have gone away
+            }
+            drop(slot);
+        }));
+    }
+}
+
+/// One transaction for the group; if it fails, each attempt is written on its own so that only
+/// the one at fault fails.
+async fn write_group(store: &Arc<dyn Store>, attempts: &[AttemptWrite]) -> Vec<StoreResult<bool>> {
+    match store.record_attempts(attempts).await {
+        Ok(held) => return held.into_iter().map(Ok).collect(),
+        Err(e) if attempts.len() == 1 => return vec![Err(e)],
+        Err(_) => {}
+    }
+    let mut results = Vec::with_capacity(attempts.len());
+    for attempt in attempts {
+        results.push(
+            store
+                .record_attempts(std::slice::from_ref(attempt))
+                .await
+                .map(|held| held.first().copied().unwrap_or(false)),
+        );
+    }
+    results
 }
 
 /// A failed attempt: the next on the schedule (±10 %), or failed once it is spent; the endpoint

@@ -13,7 +13,7 @@ pub mod endpoints;
 pub mod sign;
 pub mod target;
 
-pub use deliver::deliver;
+pub use deliver::{deliver, Outcomes};
 
 pub const CONNECTION_CREATED: &str = "connection.created";
 pub const CONNECTION_UPDATED: &str = "connection.updated";

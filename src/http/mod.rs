@@ -137,6 +137,7 @@ pub fn router(services: Arc<Services>) -> Router {
         None => router.route("/metrics", get(metrics::scrape)),
         Some(_) => router,
     };
+    let in_flight = Arc::clone(&services.requests_in_flight);
     router
         .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         // The hosted connect page: HTML for people, outside the OpenAPI document.
@@ -144,7 +145,9 @@ pub fn router(services: Arc<Services>) -> Router {
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(move |request, next| time_limit(request, next, request_timeout)))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            time_limit(request, next, request_timeout, Arc::clone(&in_flight))
+        }))
         // Outside the time limit, so a timeout under /fhir/R4 is an OperationOutcome too.
         .layer(axum::middleware::from_fn(fhir::outcomes))
         .layer(axum::middleware::from_fn_with_state(services.metrics.http.clone(), metrics::track))
@@ -162,7 +165,14 @@ pub fn router(services: Arc<Services>) -> Router {
 
 /// Answers 503 `timeout` (problem+json, like every error) when a request takes longer than `limit`;
 /// the request's work is dropped (a batched write it joined still completes for the others).
-async fn time_limit(request: axum::extract::Request, next: axum::middleware::Next, limit: Duration) -> Response {
+/// Counts it in `in_flight` while it runs (background work paces itself meanwhile, see `sync`).
+async fn time_limit(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: Duration,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+) -> Response {
+    let _serving = crate::sync::Serving::new(in_flight);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => error::ApiError::Timeout(limit).into_response(),

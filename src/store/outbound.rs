@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use super::sync::JobOutcome;
-use super::{Lease, StoreResult};
+use super::StoreResult;
 use crate::crypto::Sealed;
 
 /// An event for the platform, ready to send: `body` is the exact JSON every delivery carries.
@@ -69,6 +69,17 @@ pub struct AttemptResult {
     pub disable: Option<String>,
 }
 
+/// One attempt to record (`OutboundStore::record_attempts`).
+#[derive(Clone, Debug)]
+pub struct AttemptWrite {
+    /// The owner of the lease the attempt ran under: its completion is fenced on it.
+    pub lease_owner: String,
+    pub job_id: String,
+    pub delivery_id: String,
+    pub endpoint_id: String,
+    pub result: AttemptResult,
+}
+
 #[async_trait]
 pub trait OutboundStore: Send + Sync {
     async fn create_endpoint(&self, endpoint: &EndpointRecord) -> StoreResult<()>;
@@ -83,14 +94,10 @@ pub trait OutboundStore: Send + Sync {
     async fn emit(&self, event: &OutboundEvent, only_endpoint: Option<&str>) -> StoreResult<()>;
     /// The delivery, its event's body and its endpoint.
     async fn load_delivery(&self, id: &str) -> StoreResult<Option<(DeliveryRecord, String, EndpointRecord)>>;
-    /// Records an attempt with its job's completion (fenced on `lease`); false when the lease was lost.
-    async fn record_attempt(
-        &self,
-        lease: &Lease,
-        job_id: &str,
-        delivery: &DeliveryRecord,
-        result: &AttemptResult,
-    ) -> StoreResult<bool>;
+    /// Records attempts with their jobs' completions, in one transaction, each fenced on its own
+    /// lease's owner; answers per attempt whether it was recorded (false: that lease was lost and
+    /// nothing of that attempt was written).
+    async fn record_attempts(&self, attempts: &[AttemptWrite]) -> StoreResult<Vec<bool>>;
     async fn list_deliveries(
         &self,
         project_id: &str,

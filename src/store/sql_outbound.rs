@@ -63,28 +63,34 @@ macro_rules! impl_outbound_store {
     }
 
     fn outbound_endpoint_from_row(row: &$row) -> StoreResult<$crate::store::outbound::EndpointRecord> {
-        let events: Option<String> = row.try_get("events")?;
+        endpoint_from_columns(row, "")
+    }
+
+    /// An endpoint from columns named `<prefix><column>` (a join names its endpoint's `e_…`).
+    fn endpoint_from_columns(row: &$row, prefix: &str) -> StoreResult<$crate::store::outbound::EndpointRecord> {
+        let col = |name: &str| format!("{prefix}{name}");
+        let events: Option<String> = row.try_get(col("events").as_str())?;
         let previous = match (
-            row.try_get::<Option<String>, _>("previous_secret_key_id")?,
-            row.try_get::<Option<Vec<u8>>, _>("previous_secret_ciphertext")?,
-            row.try_get::<Option<i64>, _>("previous_secret_until")?,
+            row.try_get::<Option<String>, _>(col("previous_secret_key_id").as_str())?,
+            row.try_get::<Option<Vec<u8>>, _>(col("previous_secret_ciphertext").as_str())?,
+            row.try_get::<Option<i64>, _>(col("previous_secret_until").as_str())?,
         ) {
             (Some(key_id), Some(blob), Some(until)) => Some((Sealed { key_id, blob }, until)),
             _ => None,
         };
         Ok($crate::store::outbound::EndpointRecord {
-            id: row.try_get("id")?,
-            project_id: row.try_get("project_id")?,
-            url: row.try_get("url")?,
-            description: row.try_get("description")?,
+            id: row.try_get(col("id").as_str())?,
+            project_id: row.try_get(col("project_id").as_str())?,
+            url: row.try_get(col("url").as_str())?,
+            description: row.try_get(col("description").as_str())?,
             events: events.map(|e| serde_json::from_str(&e)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            enabled: row.try_get::<i64, _>("enabled")? != 0,
-            disabled_reason: row.try_get("disabled_reason")?,
-            secret: Sealed { key_id: row.try_get("secret_key_id")?, blob: row.try_get("secret_ciphertext")? },
+            enabled: row.try_get::<i64, _>(col("enabled").as_str())? != 0,
+            disabled_reason: row.try_get(col("disabled_reason").as_str())?,
+            secret: Sealed { key_id: row.try_get(col("secret_key_id").as_str())?, blob: row.try_get(col("secret_ciphertext").as_str())? },
             previous_secret: previous,
-            failing_since: row.try_get("failing_since")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            failing_since: row.try_get(col("failing_since").as_str())?,
+            created_at: row.try_get(col("created_at").as_str())?,
+            updated_at: row.try_get(col("updated_at").as_str())?,
         })
     }
 
@@ -225,8 +231,17 @@ macro_rules! impl_outbound_store {
             &self,
             id: &str,
         ) -> StoreResult<Option<($crate::store::outbound::DeliveryRecord, String, $crate::store::outbound::EndpointRecord)>> {
+            // One read: the delivery, its event and its endpoint (whose columns are `e_…`).
             let Some(row) = sqlx::query(
-                "SELECT d.*, v.event_type, v.body FROM webhook_deliveries d JOIN outbound_events v ON v.id = d.event_id
+                "SELECT d.*, v.event_type, v.body, e.id AS e_id, e.project_id AS e_project_id, e.url AS e_url,
+                     e.description AS e_description, e.events AS e_events, e.enabled AS e_enabled,
+                     e.disabled_reason AS e_disabled_reason, e.secret_key_id AS e_secret_key_id,
+                     e.secret_ciphertext AS e_secret_ciphertext, e.previous_secret_key_id AS e_previous_secret_key_id,
+                     e.previous_secret_ciphertext AS e_previous_secret_ciphertext,
+                     e.previous_secret_until AS e_previous_secret_until, e.failing_since AS e_failing_since,
+                     e.created_at AS e_created_at, e.updated_at AS e_updated_at
+                 FROM webhook_deliveries d JOIN outbound_events v ON v.id = d.event_id
+                 JOIN webhook_endpoints e ON e.id = d.endpoint_id
                  WHERE d.id = $1",
             )
             .bind(id)
@@ -235,58 +250,102 @@ macro_rules! impl_outbound_store {
             else {
                 return Ok(None);
             };
-            let delivery = delivery_from_row(&row)?;
-            let body: String = row.try_get("body")?;
-            let endpoint = sqlx::query("SELECT * FROM webhook_endpoints WHERE id = $1")
-                .bind(&delivery.endpoint_id)
-                .fetch_optional(self.reader())
-                .await?
-                .as_ref()
-                .map(outbound_endpoint_from_row)
-                .transpose()?;
-            Ok(endpoint.map(|endpoint| (delivery, body, endpoint)))
+            Ok(Some((delivery_from_row(&row)?, row.try_get("body")?, endpoint_from_columns(&row, "e_")?)))
         }
 
-        async fn record_attempt(
+        async fn record_attempts(
             &self,
-            lease: &Lease,
-            job_id: &str,
-            delivery: &$crate::store::outbound::DeliveryRecord,
-            r: &$crate::store::outbound::AttemptResult,
-        ) -> StoreResult<bool> {
+            attempts: &[$crate::store::outbound::AttemptWrite],
+        ) -> StoreResult<Vec<bool>> {
+            use $crate::store::sync::JobOutcome;
+            if attempts.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut writer = self.writer().await?;
             let mut tx = $begin_write(&mut writer).await?;
-            if !complete_job_in(&mut tx, lease, job_id, &r.job).await? {
-                return Ok(false);
+            let mut held = vec![false; attempts.len()];
+            // Finished jobs leave the queue in one statement, each fenced on its own lease's owner.
+            let done: Vec<usize> = (0..attempts.len()).filter(|&i| matches!(attempts[i].result.job, JobOutcome::Done)).collect();
+            for chunk in done.chunks(200) {
+                let sql = format!(
+                    "DELETE FROM jobs WHERE (id, lease_owner) IN (VALUES {}) RETURNING id",
+                    $crate::store::sql::value_rows(chunk.len(), 2, |p| format!("({})", p.join(", "))),
+                );
+                let mut query = sqlx::query_as::<_, (String,)>(&sql);
+                for &i in chunk {
+                    query = query.bind(&attempts[i].job_id).bind(&attempts[i].lease_owner);
+                }
+                let deleted: std::collections::HashSet<String> =
+                    query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect();
+                for &i in chunk {
+                    held[i] = deleted.contains(&attempts[i].job_id);
+                }
             }
-            sqlx::query(
-                "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, last_status = $2, last_error = $3,
-                     next_attempt_at = $4, delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END
-                 WHERE id = $6",
-            )
-            .bind(&r.state)
-            .bind(r.status)
-            .bind(&r.error)
-            .bind(r.next_attempt_at)
-            .bind(r.at)
-            .bind(&delivery.id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE webhook_endpoints SET
-                     failing_since = CASE WHEN $1 = 1 THEN COALESCE(failing_since, $2) ELSE NULL END,
-                     enabled = CASE WHEN $3 IS NULL THEN enabled ELSE 0 END,
-                     disabled_reason = COALESCE($3, disabled_reason)
-                 WHERE id = $4",
-            )
-            .bind(i64::from(r.endpoint_failed))
-            .bind(r.at)
-            .bind(&r.disable)
-            .bind(&delivery.endpoint_id)
-            .execute(&mut *tx)
-            .await?;
+            // Retried ones (failures: rare) one by one.
+            for (i, a) in attempts.iter().enumerate() {
+                if !matches!(a.result.job, JobOutcome::Done) {
+                    let lease = Lease { owner: a.lease_owner.clone(), now: a.result.at, until: a.result.at };
+                    held[i] = complete_job_in(&mut tx, &lease, &a.job_id, &a.result.job).await?;
+                }
+            }
+            let recorded: Vec<&$crate::store::outbound::AttemptWrite> =
+                attempts.iter().zip(&held).filter(|(_, held)| **held).map(|(a, _)| a).collect();
+            for chunk in recorded.chunks(100) {
+                let sql = format!(
+                    "WITH v (id, state, status, error, next_attempt_at, at) AS (VALUES {})
+                     UPDATE webhook_deliveries SET state = v.state, attempts = attempts + 1, last_status = v.status,
+                         last_error = v.error, next_attempt_at = v.next_attempt_at,
+                         delivered_at = CASE WHEN v.state = 'delivered' THEN v.at ELSE webhook_deliveries.delivered_at END
+                     FROM v WHERE webhook_deliveries.id = v.id",
+                    $crate::store::sql::value_rows(chunk.len(), 6, |p| format!("({})", p.join(", "))),
+                );
+                let mut query = sqlx::query(&sql);
+                for a in chunk {
+                    let r = &a.result;
+                    query = query.bind(&a.delivery_id).bind(&r.state).bind(r.status).bind(&r.error).bind(r.next_attempt_at).bind(r.at);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            // The endpoints' failing state, written only when it changes: no row every delivery to
+            // one endpoint would wait on. All succeeded (the usual case): one statement.
+            if recorded.iter().all(|a| !a.result.endpoint_failed && a.result.disable.is_none()) {
+                let mut endpoints: Vec<&str> = recorded.iter().map(|a| a.endpoint_id.as_str()).collect();
+                endpoints.sort_unstable();
+                endpoints.dedup();
+                for chunk in endpoints.chunks(100) {
+                    let params: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+                    let sql = format!(
+                        "UPDATE webhook_endpoints SET failing_since = NULL WHERE failing_since IS NOT NULL AND id IN ({})",
+                        params.join(", ")
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+            } else {
+                for a in &recorded {
+                    let r = &a.result;
+                    sqlx::query(
+                        "UPDATE webhook_endpoints SET
+                             failing_since = CASE WHEN $1 = 1 THEN COALESCE(failing_since, $2) ELSE NULL END,
+                             enabled = CASE WHEN CAST($3 AS TEXT) IS NULL THEN enabled ELSE 0 END,
+                             disabled_reason = COALESCE(CAST($3 AS TEXT), disabled_reason)
+                         WHERE id = $4
+                           AND (CASE WHEN $1 = 1 THEN failing_since IS NULL ELSE failing_since IS NOT NULL END
+                                OR CAST($3 AS TEXT) IS NOT NULL)",
+                    )
+                    .bind(i64::from(r.endpoint_failed))
+                    .bind(r.at)
+                    .bind(&r.disable)
+                    .bind(&a.endpoint_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
             tx.commit().await?;
-            Ok(true)
+            Ok(held)
         }
 
         async fn list_deliveries(

@@ -45,6 +45,12 @@ pub struct SyncPolicy {
     pub lease: Duration,
     /// Jobs run at once per instance.
     pub concurrency: usize,
+    /// Jobs started per second at most while requests are being served (0: no limit): on a
+    /// saturated machine background work takes CPU from requests, so it slows down, never stops.
+    pub busy_rate: u32,
+    /// Requests in flight at once from which the instance counts as busy: a few requests now and
+    /// then must not slow background work, or a steady trickle would starve the queue.
+    pub busy_requests: usize,
     /// How often the worker looks for due jobs when nothing woke it.
     pub poll: Duration,
     /// Per connection, how often the reconciliation pass runs (jittered ±10 %).
@@ -63,6 +69,8 @@ impl Default for SyncPolicy {
         Self {
             lease: Duration::from_secs(120),
             concurrency: 8,
+            busy_rate: 25,
+            busy_requests: 8,
             poll: Duration::from_secs(1),
             reconcile_every: Duration::from_secs(6 * 3600),
             reconcile_window: Duration::from_secs(48 * 3600),
@@ -192,8 +200,26 @@ pub async fn run_due_of(services: &Arc<Services>, now: i64, kinds: &[&str]) -> c
     }
 }
 
+/// A request being served, counted in `Services::requests_in_flight` until it is dropped.
+pub struct Serving(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Serving {
+    pub fn new(in_flight: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(in_flight)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The worker: keeps up to `concurrency` jobs running, claims as slots free up, wakes on
-/// `Services::sync_wake` (a webhook just stored here) or every `poll`.
+/// `Services::sync_wake` (a webhook just stored here) or every `poll`. While at least
+/// `busy_requests` requests are being served it starts at most `busy_rate` jobs a second, one
+/// claim each.
 pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
     let services = Arc::clone(services);
     tokio::spawn(async move {
@@ -203,13 +229,24 @@ pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
             tracing::info!("WEARLINK_SYNC_CONCURRENCY is 0: this instance runs no background jobs");
             return;
         }
+        let busy_gap = match services.config.sync.busy_rate {
+            0 => None,
+            rate => Some(Duration::from_secs(1) / rate),
+        };
+        // Claims fill a quarter of the slots or more at once: one statement for several short
+        // jobs (deliveries) instead of one per job that ends.
+        let claim_at = (concurrency / 4).max(1);
         loop {
+            while running.try_join_next().is_some() {}
+            let busy = busy_gap.is_some()
+                && services.requests_in_flight.load(Ordering::Relaxed) >= services.config.sync.busy_requests;
             let free = concurrency - running.len();
             let mut claimed = 0;
-            if free > 0 {
+            if free >= claim_at || running.is_empty() || (busy && free > 0) {
                 let lease = lease(&services, now_ms());
+                let limit = if busy { 1 } else { free };
                 // Background work too: on SQLite it lets waiting requests write first.
-                let claim = services.store.claim_jobs(KINDS, &lease, free as i64);
+                let claim = services.store.claim_jobs(KINDS, &lease, limit as i64);
                 match crate::store::in_background(claim).await {
                     Ok(jobs) => {
                         claimed = jobs.len();
@@ -220,7 +257,11 @@ pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
                     Err(e) => tracing::warn!(error = %e, "claiming sync jobs failed"),
                 }
             }
-            if claimed > 0 && running.len() < concurrency {
+            if let (true, Some(gap)) = (busy && claimed > 0, busy_gap) {
+                tokio::time::sleep(gap).await;
+                continue;
+            }
+            if claimed > 0 && concurrency - running.len() >= claim_at {
                 continue;
             }
             tokio::select! {
