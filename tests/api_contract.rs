@@ -498,8 +498,27 @@ async fn everything_readable(app: &TestApp, doc: &serde_json::Value, ids: &Ids) 
     seen
 }
 
+/// The media type errors of `what` ("METHOD path") are sent with: FHIR's under /fhir/R4.
+fn error_media(what: &str) -> &'static str {
+    if what.contains(" /fhir/R4/") {
+        "application/fhir+json; charset=utf-8"
+    } else {
+        "application/problem+json"
+    }
+}
+
 fn assert_problem(response: &reqwest::Response, what: &str) {
-    assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}");
+    assert_eq!(response.headers()["content-type"], error_media(what), "{what}");
+}
+
+/// The stable code of an error of `what`: problem+json's, or an OperationOutcome's under /fhir/R4.
+fn error_code(body: &serde_json::Value, status: StatusCode, what: &str) -> String {
+    if what.contains(" /fhir/R4/") {
+        let issue_type = if status == StatusCode::UNAUTHORIZED { "login" } else { "forbidden" };
+        outcome_code(body, issue_type)
+    } else {
+        problem_code(body, status)
+    }
 }
 
 /// Junk bodies a member sends to routes it may not call: none of them must be read.
@@ -603,11 +622,11 @@ async fn every_admin_route_refuses_strangers_and_members_before_reading_the_body
             assert_problem(&response, &what);
             assert_eq!(response.headers()["www-authenticate"], "Bearer", "{what}");
             let body: serde_json::Value = response.json().await.unwrap();
-            assert_eq!(problem_code(&body, StatusCode::UNAUTHORIZED), "unauthorized", "{what}");
+            assert_eq!(error_code(&body, StatusCode::UNAUTHORIZED, &what), "unauthorized", "{what}");
         }
         if has_body {
             let answer = answer_to_a_body_never_sent(&app, &method, &path, None).await;
-            assert_eq!(answer, (401, "application/problem+json".into()), "{what}: too large, without a token");
+            assert_eq!(answer, (401, error_media(&what).into()), "{what}: too large, without a token");
         }
 
         if !roles.iter().any(|r| r == "admin") {
@@ -621,11 +640,11 @@ async fn every_admin_route_refuses_strangers_and_members_before_reading_the_body
             assert_eq!(response.status(), StatusCode::FORBIDDEN, "{what} as a member ({content_type})");
             assert_problem(&response, &what);
             let body: serde_json::Value = response.json().await.unwrap();
-            assert_eq!(problem_code(&body, StatusCode::FORBIDDEN), "forbidden", "{what}");
+            assert_eq!(error_code(&body, StatusCode::FORBIDDEN, &what), "forbidden", "{what}");
         }
         if has_body {
             let answer = answer_to_a_body_never_sent(&app, &method, &path, Some(&member)).await;
-            assert_eq!(answer, (403, "application/problem+json".into()), "{what}: too large, as a member");
+            assert_eq!(answer, (403, error_media(&what).into()), "{what}: too large, as a member");
             // The same junk from an admin is refused for what it is: the 403 came first.
             let response = request(Some(&admin), "application/json", br#"{"value": true"#).await.unwrap();
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}: malformed JSON as admin");
