@@ -869,39 +869,8 @@ macro_rules! impl_sql_store {
     #[async_trait]
     impl $crate::store::WebhookStore for $store {
         async fn insert_event(&self, e: &WebhookEvent) -> StoreResult<bool> {
-            let mut writer = self.writer().await?;
-            let mut tx = $begin_write(&mut writer).await?;
-            let inserted = sqlx::query(
-                "INSERT INTO webhook_events (id, project_id, provider, dedup_key, event_type, remote_user_id,
-                     endpoint_id, patient_id, payload, state, attempts, next_attempt_at, last_error, received_at,
-                     processed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                 ON CONFLICT (project_id, provider, dedup_key) DO NOTHING",
-            )
-            .bind(&e.id)
-            .bind(&e.project_id)
-            .bind(&e.provider)
-            .bind(&e.dedup_key)
-            .bind(&e.event_type)
-            .bind(&e.remote_user_id)
-            .bind(&e.endpoint_id)
-            .bind(&e.patient_id)
-            .bind(&e.payload)
-            .bind(&e.state)
-            .bind(e.attempts)
-            .bind(e.next_attempt_at)
-            .bind(&e.last_error)
-            .bind(e.received_at)
-            .bind(e.processed_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 && e.state == "received" {
-                // Processing goes through the one job queue, queued with the event itself.
-                insert_jobs(&mut tx, &[$crate::sync::event_job(e)]).await?;
-            }
-            tx.commit().await?;
-            Ok(inserted == 1)
+            // A batch of one: the same statement, the same job queued with it.
+            Ok(self.insert_events(std::slice::from_ref(e)).await?.first().copied().unwrap_or(false))
         }
 
         async fn insert_events(&self, events: &[WebhookEvent]) -> StoreResult<Vec<bool>> {
