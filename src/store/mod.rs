@@ -326,12 +326,6 @@ pub trait FhirStore: Send + Sync {
         resource_type: &str,
         id: &str,
     ) -> StoreResult<Option<StoredResource>>;
-    async fn search_by_patient(
-        &self,
-        project_id: &str,
-        resource_type: &str,
-        patient_id: &str,
-    ) -> StoreResult<Vec<StoredResource>>;
 }
 
 #[async_trait]

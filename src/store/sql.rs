@@ -323,24 +323,6 @@ macro_rules! impl_sql_store {
             .map(resource_from_row)
             .transpose()
         }
-
-        async fn search_by_patient(
-            &self,
-            project_id: &str,
-            resource_type: &str,
-            patient_id: &str,
-        ) -> StoreResult<Vec<StoredResource>> {
-            let rows = sqlx::query(
-                "SELECT id, version_id, last_updated, content FROM fhir_resources
-                 WHERE project_id = $1 AND resource_type = $2 AND patient_id = $3 ORDER BY last_updated, id",
-            )
-            .bind(project_id)
-            .bind(resource_type)
-            .bind(patient_id)
-            .fetch_all(self.reader())
-            .await?;
-            rows.iter().map(resource_from_row).collect()
-        }
     }
 
     #[async_trait]
