@@ -7,16 +7,23 @@
 # every request, counted):
 #   seed      a project with Strava enabled, credentials, an admin token and patients, and
 #             BENCH_ENDPOINTS endpoints at the receiver; no events yet
-#   phase 1   `wearlink serve` with WEARLINK_SYNC_CONCURRENCY=0 (no background jobs) and nothing
+#   phase 1   `wearlink serve` with WEARLINK_SYNC_CONCURRENCY=0 and WEARLINK_OUTBOUND_CONCURRENCY=0
+#             (no background jobs) and nothing
 #             pending: wrk on GET /healthz, then on POST /v1/wearables/strava/connect (each after a
 #             warm-up) → the same server's reference figures, and connect alone
 #   phase 2   (BENCH_DRAIN=1, the default) BENCH_EVENTS events emitted, then `wearlink serve` with
 #             the sync concurrency under test and no other load, until all are delivered (the
 #             receiver's count is polled, then the database read once the receiver has them all)
 #             → deliveries/s alone
-#   phase 3   BENCH_EVENTS more events, `wearlink serve` again: wrk on connect for BENCH_SECONDS
-#             from the server's start while the script polls until all are delivered
-#             → deliveries/s while connect runs, connect's req/s and p99 during the deliveries
+#   phase 3   BENCH_EVENTS more events; the control: `wearlink serve` with no worker, wrk on connect
+#             for BENCH_SECONDS from the server's start (so the cold start, the pending rows and the
+#             states table are those of the next run); then `wearlink serve` with the worker: wrk
+#             on connect for BENCH_SECONDS from the server's start while the script polls until all
+#             are delivered → deliveries/s while connect runs, connect's req/s and p99 during the
+#             deliveries, and its drop against the control (and against phase 1)
+#   Before each connect run the OAuth states the runs before stored are deleted (examples/
+#   bench_deliveries.rs clear-states): a table grown by the earlier runs alone made a later run
+#   ~10 % slower on PostgreSQL.
 # and records deliveries/s, connect's requests/s and p99 alone and during, /healthz requests/s, the
 # server's peak RSS (VmHWM, reset once it is ready), its CPU seconds per thread, and on PostgreSQL
 # the table statistics of the bench database. Results:
@@ -27,6 +34,8 @@
 #   BENCH_EVENTS           20000               events emitted per delivery phase
 #   BENCH_ENDPOINTS        1                   endpoints (each event is delivered to every one)
 #   BENCH_SYNC_CONCURRENCY the service default (8)  WEARLINK_SYNC_CONCURRENCY in phases 2 and 3
+#   BENCH_OUTBOUND_CONCURRENCY the service default (32)  WEARLINK_OUTBOUND_CONCURRENCY (the delivery
+#                          lane) in phases 2 and 3
 #   BENCH_DRAIN            1                   0 skips phase 2
 #   BENCH_CONCURRENCY      64                  wrk connections
 #   BENCH_SECONDS          10                  measured seconds of each wrk run
@@ -47,6 +56,7 @@ BACKENDS=${BENCH_BACKENDS:-"sqlite postgres"}
 EVENTS=${BENCH_EVENTS:-20000}
 ENDPOINTS=${BENCH_ENDPOINTS:-1}
 SYNC_CONCURRENCY=${BENCH_SYNC_CONCURRENCY:-}
+OUTBOUND_CONCURRENCY=${BENCH_OUTBOUND_CONCURRENCY:-}
 DRAIN=${BENCH_DRAIN:-1}
 CONCURRENCY=${BENCH_CONCURRENCY:-64}
 DURATION=${BENCH_SECONDS:-10}
@@ -208,6 +218,7 @@ warnings_of() { # log-file
 
 sync_env=()
 if [[ -n $SYNC_CONCURRENCY ]]; then sync_env=(WEARLINK_SYNC_CONCURRENCY="$SYNC_CONCURRENCY"); fi
+if [[ -n $OUTBOUND_CONCURRENCY ]]; then sync_env+=(WEARLINK_OUTBOUND_CONCURRENCY="$OUTBOUND_CONCURRENCY"); fi
 
 for backend in $BACKENDS; do
   DATA="${BENCH_DATA_DIR:-$WORK}/deliveries-$backend-$$"
@@ -238,8 +249,9 @@ for backend in $BACKENDS; do
   CONNECT_BODY="{\"patientId\":\"$FIRST_PATIENT\",\"redirectUri\":\"https://app.example/connected\"}"
 
   # Phase 1: the reference figures, nothing pending and no background jobs.
-  start_server "$WORK/$backend-alone-server.log" WEARLINK_SYNC_CONCURRENCY=0
+  start_server "$WORK/$backend-alone-server.log" WEARLINK_SYNC_CONCURRENCY=0 WEARLINK_OUTBOUND_CONCURRENCY=0
   measure_alone "$backend" healthz wrk_healthz
+  "$HELPER" clear-states
   measure_alone "$backend" alone wrk_connect
   stop "$SERVER_PID"
   SERVER_PID=""
@@ -261,8 +273,17 @@ for backend in $BACKENDS; do
     SERVER_PID=""
   fi
 
-  # Phase 3: the deliveries, with connect at the same time for its first BENCH_SECONDS.
+  # Phase 3: the deliveries, with connect at the same time for its first BENCH_SECONDS; first the
+  # control: the same events pending, the same cold start and the same states table, no worker.
   emit_events "$backend" "phase 3"
+  log "$backend phase 3 control: connect for ${DURATION}s from the server's start, $EXPECTED pending, no worker"
+  "$HELPER" clear-states
+  start_server "$WORK/$backend-control-server.log" WEARLINK_SYNC_CONCURRENCY=0 WEARLINK_OUTBOUND_CONCURRENCY=0
+  wrk_connect "$DURATION" "$RESULTS/$backend-control.json"
+  sed 's/^/[bench]   /' "$RESULTS/$backend-control.json" >&2
+  stop "$SERVER_PID"
+  SERVER_PID=""
+  "$HELPER" clear-states
   log "$backend phase 3: delivering $EXPECTED, connect for the first ${DURATION}s"
   received_before=$(received) machine_before=$(cpu_counters) started_ms=$(now_ms)
   start_server "$WORK/$backend-during-server.log" "${sync_env[@]}"
@@ -305,6 +326,7 @@ cat >"$RESULTS/meta.json" <<EOF
 {"date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$commit${BENCH_LABEL:+ ($BENCH_LABEL)}",
  "machine": "$(nproc) cores, ${cpu:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)",
  "events": $EVENTS, "endpoints": $ENDPOINTS, "sync_concurrency": "${SYNC_CONCURRENCY:-default (8)}",
+ "outbound_concurrency": "${OUTBOUND_CONCURRENCY:-default (32)}", "busy_rate": "${WEARLINK_SYNC_BUSY_RATE:-default (25)}/s",
  "concurrency": $CONCURRENCY, "seconds": $DURATION, "warmup_seconds": $WARMUP, "timeout_s": $TIMEOUT,
  "data_dir": "${BENCH_DATA_DIR:-temporary folder}",
  "pinning": "$PINNING", "rust_log": "${BENCH_RUST_LOG:-default (info)}",

@@ -106,6 +106,10 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         poll_ms: u64,
     },
+    /// Delete every OAuth state (each connect stores one) from `WEARLINK_DATABASE_URL`, so that
+    /// each connect run starts on the same table, not on the hundreds of thousands the runs before
+    /// left (which alone made a later run ~10 % slower on PostgreSQL).
+    ClearStates,
     /// Merge `<dir>/*.json` into `--json` and `--markdown`.
     Report {
         #[arg(long)]
@@ -154,6 +158,7 @@ fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
+        Command::ClearStates => runtime(1)?.block_on(clear_states()),
         Command::Report { dir, json, markdown } => report(&dir, &json, &markdown),
     }
 }
@@ -186,6 +191,21 @@ async fn receiver(bind: String, addr_file: PathBuf) -> anyhow::Result<()> {
 }
 
 // ---- seed and emit ----
+
+async fn clear_states() -> anyhow::Result<()> {
+    let url = std::env::var("WEARLINK_DATABASE_URL")?;
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&url).await?;
+        sqlx::query("DELETE FROM oauth_states").execute(&pool).await?;
+        sqlx::query("VACUUM").execute(&pool).await?;
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::query("TRUNCATE oauth_states").execute(&pool).await?;
+        pool.close().await;
+    }
+    Ok(())
+}
 
 async fn services() -> anyhow::Result<Arc<Services>> {
     Services::start(Config::from_env()?).await
@@ -398,7 +418,8 @@ fn round3(x: f64) -> f64 {
 
 /// Per backend: `<backend>-healthz.json`, `<backend>-alone.json` (wrk: /healthz and connect with
 /// no delivery pending), `<backend>-alone.server.json` (server facts then), `<backend>-drain.json`
-/// (deliveries with no other load; optional), `<backend>-during.json` (wrk: connect while
+/// (deliveries with no other load; optional), `<backend>-control.json` (wrk: connect from a cold
+/// start with the phase's deliveries pending and no worker), `<backend>-during.json` (wrk: connect while
 /// deliveries run), `<backend>-deliveries.json` (their progress at the end, with the server's peak
 /// RSS, CPU and per-thread CPU); and `meta.json`.
 fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()> {
@@ -411,7 +432,7 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
     let meta = read("meta.json")?.unwrap_or(Value::Null);
     let mut md = format!(
         "# Wearlink deliveries benchmark {}\n\ncommit `{}`, {}; {} events × {} endpoint(s) to an instant receiver \
-         (204) on 127.0.0.1; sync concurrency {}; wrk {} connections, {} s measured ({} s warm-up before the runs \
+         (204) on 127.0.0.1; delivery concurrency {}; busy pace {}; wrk {} connections, {} s measured ({} s warm-up before the runs \
          alone; connect during the deliveries from the server's start); {}; logs: {}; before the run {} cores were \
          busy with other work\n\n",
         meta["date"].as_str().unwrap_or_default(),
@@ -419,7 +440,8 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
         meta["machine"].as_str().unwrap_or_default(),
         meta["events"],
         meta["endpoints"],
-        meta["sync_concurrency"].as_str().unwrap_or("default (8)"),
+        meta["outbound_concurrency"].as_str().unwrap_or("8 (the sync concurrency, before the delivery lane)"),
+        meta["busy_rate"].as_str().unwrap_or("default (25/s)"),
         meta["concurrency"],
         meta["seconds"],
         meta["warmup_seconds"],
@@ -429,9 +451,9 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
     );
     md.push_str(
         "| backend | /healthz req/s | connect alone req/s | p99 ms | deliveries alone /s | elapsed s | \
-         deliveries during connect /s | in wrk's window /s | elapsed s | connect during req/s | p99 ms | \
-         connect drop | peak RSS MiB | server CPU s | busy cores | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         deliveries during connect /s | in wrk's window /s | elapsed s | connect control req/s | p99 ms | \
+         connect during req/s | p99 ms | connect drop (vs alone) | peak RSS MiB | server CPU s | busy cores | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut goals = String::new();
     let mut threads_md = String::new();
@@ -443,12 +465,16 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
         let alone_server = read(&format!("{backend}-alone.server.json"))?.unwrap_or(Value::Null);
         let drain = read(&format!("{backend}-drain.json"))?.unwrap_or(Value::Null);
         let during = read(&format!("{backend}-during.json"))?.unwrap_or(Value::Null);
+        let control = read(&format!("{backend}-control.json"))?.unwrap_or(Value::Null);
         let f = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
-        let drop = 1.0 - f(&during, "rps") / f(&alone, "rps");
+        // Against the control (same cold start, same pending rows, no worker); phase 1 beside it.
+        let drop = 1.0 - f(&during, "rps") / f(&control, "rps");
+        let drop_vs_alone = 1.0 - f(&during, "rps") / f(&alone, "rps");
         let rss_mib = f(&deliveries, "peak_rss_kib") / 1024.0;
-        let errors = [&healthz, &alone, &during].iter().map(|v| v["errors"].as_i64().unwrap_or(0)).sum::<i64>();
+        let errors =
+            [&healthz, &alone, &control, &during].iter().map(|v| v["errors"].as_i64().unwrap_or(0)).sum::<i64>();
         md.push_str(&format!(
-            "| {backend} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1}% | {rss_mib:.1} | {} | {} | {errors} |\n",
+            "| {backend} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1}% ({:.1}%) | {rss_mib:.1} | {} | {} | {errors} |\n",
             f(&healthz, "rps"),
             f(&alone, "rps"),
             f(&alone, "p99_ms"),
@@ -457,9 +483,12 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
             f(&deliveries, "deliveries_per_s"),
             f(&deliveries["window"], "deliveries_per_s"),
             f(&deliveries, "elapsed_s"),
+            f(&control, "rps"),
+            f(&control, "p99_ms"),
             f(&during, "rps"),
             f(&during, "p99_ms"),
             drop * 100.0,
+            drop_vs_alone * 100.0,
             deliveries["server_cpu_s"],
             deliveries["machine_busy_cores"],
         ));
@@ -468,7 +497,7 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
         let drain_done = drain["done"].as_bool().unwrap_or(false);
         goals.push_str(&format!(
             "- {backend}: all delivered: {}{}; ≥ 2,000 deliveries/s alone: {}; while connect runs: {} ({:.0}/s over the \
-             drain, {:.0}/s in wrk's window); connect's throughput drop < 10 %: {} ({:.1}%, p99 {:.2} → {:.2} ms){}\n",
+             drain, {:.0}/s in wrk's window); connect's throughput drop < 10 %: {} ({:.1}% against the control, p99 {:.2} → {:.2} ms; {:.1}% against phase 1){}\n",
             verdict(done),
             if drain.is_null() { String::new() } else { format!(" (alone: {})", verdict(drain_done)) },
             if drain.is_null() {
@@ -481,8 +510,9 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
             f(&deliveries["window"], "deliveries_per_s"),
             verdict(drop < 0.10),
             drop * 100.0,
-            f(&alone, "p99_ms"),
+            f(&control, "p99_ms"),
             f(&during, "p99_ms"),
+            drop_vs_alone * 100.0,
             if deliveries["window"]["deliveries_outlasted_window"].as_bool() == Some(false) {
                 "; the deliveries ended before wrk did, so part of \"during\" ran without them"
             } else {
@@ -504,7 +534,8 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
         backends.insert(
             backend.into(),
             json!({"healthz": healthz, "connect_alone": alone_all, "deliveries_alone": drain,
-                   "deliveries_during_connect": deliveries, "connect_during_deliveries": during, "connect_drop": drop}),
+                   "deliveries_during_connect": deliveries, "connect_control": control,
+                   "connect_during_deliveries": during, "connect_drop": drop, "connect_drop_vs_alone": drop_vs_alone}),
         );
     }
     md.push_str(
@@ -521,7 +552,8 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
     md.push_str(
         "\nDeliveries/s: delivered ÷ (last delivery's attempt − launch of `wearlink serve`), so the server's start-up \
          counts; \"in wrk's window\": deliveries attempted while wrk ran ÷ the part of the window they ran in. Connect \
-         drop: 1 − during ÷ alone (req/s). Peak RSS: the server's VmHWM, reset once it answered `/readyz`, read at the \
+         control: phase 3 without the worker (same events pending, same cold start, wrk from the server's start). \
+         Connect drop: 1 − during ÷ control (req/s); in brackets 1 − during ÷ alone. Peak RSS: the server's VmHWM, reset once it answered `/readyz`, read at the \
          end of the deliveries. Server CPU: user + system seconds of the server from its start to the end of the \
          deliveries; busy cores: the whole machine (server, database, wrk, receiver) over the same time. Errors: \
          wrk's transport errors, timeouts and non-2xx answers.\n",

@@ -151,6 +151,7 @@ impl Config {
                 .map_err(|reason| ConfigError::Invalid { name: "WEARLINK_OUTBOUND_ALLOW_CIDRS".into(), reason })?;
         }
         config.outbound.timeout = Duration::from_millis(parse_var(&var, "WEARLINK_DELIVERY_TIMEOUT_MS", "10000")?);
+        config.outbound.concurrency = parse_var(&var, "WEARLINK_OUTBOUND_CONCURRENCY", "32")?;
         if let Some(raw) = var("WEARLINK_DELIVERY_SCHEDULE_SECS") {
             config.outbound.schedule = raw
                 .split(',')
@@ -233,6 +234,7 @@ mod tests {
         assert_eq!(config.connect_session_ttl, Duration::from_secs(1800));
         assert_eq!(config.pool.max_connections, 4, "SQLite readers");
         assert_eq!(config.cache_ttl, Duration::from_secs(2));
+        assert_eq!((config.sync.concurrency, config.outbound.concurrency), (8, 32), "the worker's two lanes");
         let postgres =
             Config::from_vars(|name| (name == "WEARLINK_DATABASE_URL").then(|| "postgres://db/w".into())).unwrap();
         assert_eq!(postgres.pool.max_connections, 10);

@@ -46,8 +46,10 @@ pub struct Services {
     pub writes: batch::Writes,
     /// Delivery outcomes, many attempts to one transaction.
     pub delivery_outcomes: events::Outcomes,
-    /// Wakes this instance's sync worker (an event was just stored, a resync asked for).
+    /// Wakes this instance's sync lane (an event was just stored, a resync asked for).
     pub sync_wake: tokio::sync::Notify,
+    /// Wakes this instance's delivery lane (a delivery was just queued here).
+    pub delivery_wake: tokio::sync::Notify,
     pub sync_counters: sync::SyncCounters,
     /// This instance's metrics (`GET /metrics`).
     pub metrics: metrics::Metrics,
@@ -85,6 +87,7 @@ impl Services {
             writes: batch::Writes::new(Arc::clone(&store)),
             delivery_outcomes: events::Outcomes::new(Arc::clone(&store)),
             sync_wake: tokio::sync::Notify::new(),
+            delivery_wake: tokio::sync::Notify::new(),
             sync_counters: sync::SyncCounters::default(),
             metrics,
             requests_in_flight: Arc::default(),

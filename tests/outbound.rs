@@ -37,6 +37,7 @@ on_both_backends!(
     ten_thousand_events_reach_three_endpoints_while_one_fails_half_the_time,
     an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it,
     deliveries_give_way_while_requests_are_served_and_catch_up_after,
+    deliveries_run_in_a_lane_of_their_own_beside_syncs,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -1025,4 +1026,42 @@ async fn deliveries_give_way_while_requests_are_served_and_catch_up_after(backen
     let ids: HashSet<String> = got.iter().map(|d| d.webhook_id.clone().unwrap()).collect();
     assert_eq!(ids, events, "once no request is served, every delivery goes out");
     receiver.assert_all_verified();
+}
+
+async fn deliveries_run_in_a_lane_of_their_own_beside_syncs(backend: Backend) {
+    fn lanes(c: &mut Config) {
+        c.outbound.allow_loopback = true;
+        c.outbound.timeout = Duration::from_secs(30);
+        c.outbound.concurrency = 32;
+        // One sync at a time: the deliveries' lane does not borrow the sync lane's limit.
+        c.sync.concurrency = 1;
+    }
+    let app = spawn(backend, lanes).await;
+    // A receiver that holds every request: each delivery stays in flight, so what the receiver
+    // holds at once is how many the instance sends at once.
+    let receiver = Receiver::start_with(Behaviour::Hang(Duration::from_secs(5))).await;
+    register(&app, &receiver, None).await;
+    emit_to_every_endpoint(&app, 100).await;
+    let worker = wearlink::sync::spawn_worker(&app.services);
+    receiver.wait_for(32, WAIT).await;
+    receiver.assert_stays_at(32, Duration::from_millis(1_500)).await;
+    worker.abort();
+
+    fn no_deliveries(c: &mut Config) {
+        c.outbound.allow_loopback = true;
+        c.outbound.concurrency = 0;
+    }
+    let quiet = spawn(backend, no_deliveries).await;
+    let receiver = Receiver::start().await;
+    register(&quiet, &receiver, None).await;
+    emit_to_every_endpoint(&quiet, 5).await;
+    let worker = wearlink::sync::spawn_worker(&quiet.services);
+    receiver.assert_stays_at(0, Duration::from_millis(1_500)).await;
+    worker.abort();
+    assert_eq!(
+        deliver_due(&quiet.services, now_ms()).await,
+        5,
+        "the deliveries wait in the queue for an instance that sends"
+    );
+    assert_eq!(receiver.wait_for(5, WAIT).await.len(), 5);
 }

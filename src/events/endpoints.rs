@@ -177,7 +177,7 @@ pub async fn test(services: &Services, principal: &Principal, id: &str) -> Resul
     let data = serde_json::json!({ "projectId": e.project_id, "webhookEndpointId": e.id });
     let test = event(&e.project_id, ENDPOINT_TEST, data, now_ms());
     services.store.emit(&test, Some(&e.id)).await?;
-    services.sync_wake.notify_one();
+    services.delivery_wake.notify_one();
     Ok(test.id)
 }
 
@@ -200,6 +200,6 @@ pub async fn retry(services: &Services, principal: &Principal, delivery_id: &str
     if !services.store.retry_delivery(&principal.project_id, delivery_id, now_ms()).await? {
         return Err(Error::NotFound(format!("webhook delivery {delivery_id}")));
     }
-    services.sync_wake.notify_one();
+    services.delivery_wake.notify_one();
     Ok(())
 }

@@ -126,6 +126,8 @@ pub struct OutboundPolicy {
     pub secret_overlap: std::time::Duration,
     /// An endpoint whose deliveries all failed for this long is disabled.
     pub disable_after: std::time::Duration,
+    /// Deliveries in flight at once per instance (the worker's delivery lane; 0: none here).
+    pub concurrency: usize,
 }
 
 /// 5 s, 5 min, 30 min, 2 h, 5 h, 8 h, 8 h: eight attempts over about 24 hours.
@@ -140,6 +142,7 @@ impl Default for OutboundPolicy {
             schedule: DEFAULT_SCHEDULE_SECS.iter().map(|s| std::time::Duration::from_secs(*s)).collect(),
             secret_overlap: std::time::Duration::from_secs(24 * 3600),
             disable_after: std::time::Duration::from_secs(5 * 24 * 3600),
+            concurrency: 32,
         }
     }
 }

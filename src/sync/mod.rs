@@ -11,17 +11,18 @@ use serde_json::{json, Value};
 
 use crate::store::sync::{Job, NewJob};
 use crate::store::{Lease, WebhookEvent};
-use crate::time::now_ms;
 use crate::Services;
 
 mod backfill;
 mod events;
 mod session;
 pub mod status;
+mod worker;
 mod writer;
 
 pub use backfill::{BACKFILL_DAYS_SETTING, DEFAULT_BACKFILL_DAYS, MAX_BACKFILL_DAYS};
 pub use status::{request_resync, SyncView};
+pub use worker::{spawn_worker, Serving};
 
 /// Job kinds of the queue.
 pub const WEBHOOK_EVENT: &str = "webhook_event";
@@ -29,8 +30,12 @@ pub const BACKFILL: &str = "backfill";
 pub const RECONCILE: &str = "reconcile";
 /// Deliveries of outbound events to the platform (`crate::events`), sharing the queue.
 pub const DELIVERY: &str = "delivery";
-/// What this worker runs.
+/// Every kind, for `run_due`.
 const KINDS: &[&str] = &[WEBHOOK_EVENT, DELIVERY, BACKFILL, RECONCILE];
+/// The sync lane's kinds: long jobs bound by providers' rate limits.
+const SYNC_KINDS: &[&str] = &[WEBHOOK_EVENT, BACKFILL, RECONCILE];
+/// The delivery lane's: short jobs that wait on the platform's network answers.
+const DELIVERY_KINDS: &[&str] = &[DELIVERY];
 
 /// Fresh data first: a webhook's event before a resync, a resync before a backfill.
 const PRIORITY_EVENT: i64 = 0;
@@ -198,79 +203,6 @@ pub async fn run_due_of(services: &Arc<Services>, now: i64, kinds: &[&str]) -> c
         let tasks: Vec<_> = jobs.into_iter().map(|job| run(Arc::clone(services), job, lease.clone())).collect();
         futures::future::join_all(tasks).await;
     }
-}
-
-/// A request being served, counted in `Services::requests_in_flight` until it is dropped.
-pub struct Serving(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Serving {
-    pub fn new(in_flight: Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(in_flight)
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The worker: keeps up to `concurrency` jobs running, claims as slots free up, wakes on
-/// `Services::sync_wake` (a webhook just stored here) or every `poll`. While at least
-/// `busy_requests` requests are being served it starts at most `busy_rate` jobs a second, one
-/// claim each.
-pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
-    let services = Arc::clone(services);
-    tokio::spawn(async move {
-        let mut running = tokio::task::JoinSet::new();
-        let concurrency = services.config.sync.concurrency;
-        if concurrency == 0 {
-            tracing::info!("WEARLINK_SYNC_CONCURRENCY is 0: this instance runs no background jobs");
-            return;
-        }
-        let busy_gap = match services.config.sync.busy_rate {
-            0 => None,
-            rate => Some(Duration::from_secs(1) / rate),
-        };
-        // Claims fill a quarter of the slots or more at once: one statement for several short
-        // jobs (deliveries) instead of one per job that ends.
-        let claim_at = (concurrency / 4).max(1);
-        loop {
-            while running.try_join_next().is_some() {}
-            let busy = busy_gap.is_some()
-                && services.requests_in_flight.load(Ordering::Relaxed) >= services.config.sync.busy_requests;
-            let free = concurrency - running.len();
-            let mut claimed = 0;
-            if free >= claim_at || running.is_empty() || (busy && free > 0) {
-                let lease = lease(&services, now_ms());
-                let limit = if busy { 1 } else { free };
-                // Background work too: on SQLite it lets waiting requests write first.
-                let claim = services.store.claim_jobs(KINDS, &lease, limit as i64);
-                match crate::store::in_background(claim).await {
-                    Ok(jobs) => {
-                        claimed = jobs.len();
-                        for job in jobs {
-                            running.spawn(run(Arc::clone(&services), job, lease.clone()));
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "claiming sync jobs failed"),
-                }
-            }
-            if let (true, Some(gap)) = (busy && claimed > 0, busy_gap) {
-                tokio::time::sleep(gap).await;
-                continue;
-            }
-            if claimed > 0 && concurrency - running.len() >= claim_at {
-                continue;
-            }
-            tokio::select! {
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                _ = services.sync_wake.notified() => {}
-                _ = tokio::time::sleep(services.config.sync.poll) => {}
-            }
-        }
-    })
 }
 
 /// The payload's field as an i64.

@@ -1,0 +1,139 @@
+//! The worker that runs the one queue's jobs on this instance, in two lanes of their own
+//! concurrency: syncs (webhook events, backfills, resyncs, reconciliation: long jobs bound by
+//! providers' rate limits) and deliveries to the platform (short jobs that mostly wait on the
+//! network). One shared limit would let a burst of deliveries hold back syncing, or a backfill
+//! storm hold back the platform's events, and a limit fit for backfills leaves deliveries
+//! waiting on round trips (bench/deliveries.sh: 8 at once ran half as fast as 32).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+
+use super::{lease, run, DELIVERY_KINDS, SYNC_KINDS};
+use crate::Services;
+
+/// A request being served, counted in `Services::requests_in_flight` until it is dropped.
+pub struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    pub fn new(in_flight: Arc<AtomicUsize>) -> Self {
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(in_flight)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One lane: which kinds it claims, how many it runs at once, what wakes it.
+struct Lane {
+    name: &'static str,
+    kinds: &'static [&'static str],
+    concurrency: usize,
+    wake: fn(&Services) -> &Notify,
+}
+
+/// While the instance is busy, background jobs of both lanes together start at most `busy_rate` a
+/// second: each start takes the next free slot of this schedule.
+struct Pace {
+    gap: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pace {
+    /// Waits for this start's turn.
+    async fn turn(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let at = (*next).max(Instant::now());
+            *next = at + self.gap;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Starts both lanes; aborting the handle stops them (and the jobs they run). A lane with
+/// concurrency 0 runs nothing on this instance.
+pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
+    let services = Arc::clone(services);
+    tokio::spawn(async move {
+        let pace = match services.config.sync.busy_rate {
+            0 => None,
+            rate => Some(Arc::new(Pace { gap: Duration::from_secs(1) / rate, next: Mutex::new(Instant::now()) })),
+        };
+        let sync = Lane {
+            name: "sync (WEARLINK_SYNC_CONCURRENCY)",
+            kinds: SYNC_KINDS,
+            concurrency: services.config.sync.concurrency,
+            wake: |s| &s.sync_wake,
+        };
+        let deliveries = Lane {
+            name: "delivery (WEARLINK_OUTBOUND_CONCURRENCY)",
+            kinds: DELIVERY_KINDS,
+            concurrency: services.config.outbound.concurrency,
+            wake: |s| &s.delivery_wake,
+        };
+        tokio::join!(run_lane(&services, sync, pace.clone()), run_lane(&services, deliveries, pace));
+    })
+}
+
+/// Keeps up to the lane's concurrency of jobs running, claiming as slots free up; wakes on the
+/// lane's notice (work was just queued here) or every `poll`. While at least `busy_requests`
+/// requests are being served, it starts one job per turn of the shared pace.
+async fn run_lane(services: &Arc<Services>, lane: Lane, pace: Option<Arc<Pace>>) {
+    if lane.concurrency == 0 {
+        tracing::info!(lane = lane.name, "concurrency 0: this instance runs none of this lane's jobs");
+        return;
+    }
+    let mut running = tokio::task::JoinSet::new();
+    // Claims fill a quarter of the slots or more at once: one statement for several short jobs
+    // (deliveries) instead of one per job that ends.
+    let claim_at = (lane.concurrency / 4).max(1);
+    loop {
+        while running.try_join_next().is_some() {}
+        let free = lane.concurrency - running.len();
+        let busy =
+            pace.is_some() && services.requests_in_flight.load(Ordering::Relaxed) >= services.config.sync.busy_requests;
+        let mut claimed = 0;
+        if free > 0 && (busy || free >= claim_at || running.is_empty()) {
+            let limit = match (&pace, busy) {
+                (Some(pace), true) => {
+                    pace.turn().await;
+                    1
+                }
+                _ => free,
+            };
+            let lease = lease(services, crate::time::now_ms());
+            // Background work too: on SQLite it lets waiting requests write first.
+            let claim = services.store.claim_jobs(lane.kinds, &lease, limit as i64);
+            match crate::store::in_background(claim).await {
+                Ok(jobs) => {
+                    claimed = jobs.len();
+                    for job in jobs {
+                        running.spawn(run(Arc::clone(services), job, lease.clone()));
+                    }
+                }
+                Err(e) => tracing::warn!(lane = lane.name, error = %e, "claiming jobs failed"),
+            }
+        }
+        // Claimed while busy: the next start waits for its turn of the pace, not for a job to end.
+        if busy && claimed > 0 {
+            continue;
+        }
+        if claimed > 0 && lane.concurrency - running.len() >= claim_at {
+            continue;
+        }
+        tokio::select! {
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = (lane.wake)(services).notified() => {}
+            _ = tokio::time::sleep(services.config.sync.poll) => {}
+        }
+    }
+}
