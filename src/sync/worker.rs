@@ -40,19 +40,26 @@ struct Lane {
 }
 
 /// While the instance is busy, background jobs of both lanes together start at most `busy_rate` a
-/// second: each start takes the next free slot of this schedule.
+/// second: each claim takes the next free slots of this schedule. They start in bursts of
+/// `burst` (five a second), so that one claim and, as the burst's jobs end together, one outcome
+/// commit serve several jobs: on SQLite each is a turn of the one writer that requests wait behind.
 struct Pace {
     gap: Duration,
+    burst: usize,
     next: Mutex<Instant>,
 }
 
 impl Pace {
-    /// Waits for this start's turn.
-    async fn turn(&self) {
+    fn new(rate: u32) -> Self {
+        Self { gap: Duration::from_secs(1) / rate, burst: (rate as usize / 5).max(1), next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits for the turn of `n` starts.
+    async fn turn(&self, n: usize) {
         let at = {
             let mut next = self.next.lock().await;
             let at = (*next).max(Instant::now());
-            *next = at + self.gap;
+            *next = at + self.gap * n as u32;
             at
         };
         tokio::time::sleep_until(at).await;
@@ -66,7 +73,7 @@ pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let pace = match services.config.sync.busy_rate {
             0 => None,
-            rate => Some(Arc::new(Pace { gap: Duration::from_secs(1) / rate, next: Mutex::new(Instant::now()) })),
+            rate => Some(Arc::new(Pace::new(rate))),
         };
         let sync = Lane {
             name: "sync (WEARLINK_SYNC_CONCURRENCY)",
@@ -86,7 +93,7 @@ pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
 
 /// Keeps up to the lane's concurrency of jobs running, claiming as slots free up; wakes on the
 /// lane's notice (work was just queued here) or every `poll`. While at least `busy_requests`
-/// requests are being served, it starts one job per turn of the shared pace.
+/// requests are being served, it starts a burst of jobs per turn of the shared pace.
 async fn run_lane(services: &Arc<Services>, lane: Lane, pace: Option<Arc<Pace>>) {
     if lane.concurrency == 0 {
         tracing::info!(lane = lane.name, "concurrency 0: this instance runs none of this lane's jobs");
@@ -105,8 +112,9 @@ async fn run_lane(services: &Arc<Services>, lane: Lane, pace: Option<Arc<Pace>>)
         if free > 0 && (busy || free >= claim_at || running.is_empty()) {
             let limit = match (&pace, busy) {
                 (Some(pace), true) => {
-                    pace.turn().await;
-                    1
+                    let burst = free.min(pace.burst);
+                    pace.turn(burst).await;
+                    burst
                 }
                 _ => free,
             };
