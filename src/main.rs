@@ -112,7 +112,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     wearlink::connections::spawn_workers(&services, services.config.refresh_interval);
-    // Webhook events, backfills, resyncs and reconciliation: the sync worker of the job queue.
+    // The job queue's worker: webhook events, backfills, resyncs and reconciliation in one lane,
+    // deliveries of outbound events in another.
     wearlink::sync::spawn_worker(&services);
     if let Some(metrics_bind) = services.config.metrics_bind {
         let listener = tokio::net::TcpListener::bind(metrics_bind).await?;
