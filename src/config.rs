@@ -45,6 +45,9 @@ pub struct Config {
     pub state_ttl: Duration,
     /// How long a hosted connect page session (its link) stays valid.
     pub connect_session_ttl: Duration,
+    /// How long records of finished work (deliveries, outbound events, inbox events) are kept;
+    /// `None`: for ever.
+    pub retention: Option<Duration>,
     /// How long API tokens, settings and secrets may be served from memory (0: not cached).
     pub cache_ttl: Duration,
     pub log_json: bool,
@@ -75,6 +78,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             state_ttl: Duration::from_secs(600),
             connect_session_ttl: Duration::from_secs(1800),
+            retention: Some(Duration::from_secs(30 * 86_400)),
             cache_ttl: crate::cache::DEFAULT_TTL,
             log_json: false,
             refresh: RefreshPolicy::default(),
@@ -125,6 +129,10 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        config.retention = match parse_var::<u64>(&var, "WEARLINK_RETENTION_DAYS", "30")? {
+            0 => None,
+            days => Some(Duration::from_secs(days * 86_400)),
+        };
         config.refresh.window = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_WINDOW_SECS", "1800")?);
         config.refresh.lease = Duration::from_secs(parse_var(&var, "WEARLINK_REFRESH_LEASE_SECS", "120")?);
         config.refresh.concurrency = parse_var(&var, "WEARLINK_REFRESH_CONCURRENCY", "16")?;
@@ -235,6 +243,9 @@ mod tests {
         assert_eq!(config.pool.max_connections, 4, "SQLite readers");
         assert_eq!(config.cache_ttl, Duration::from_secs(2));
         assert_eq!((config.sync.concurrency, config.outbound.concurrency), (8, 32), "the worker's two lanes");
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 86_400)));
+        let forever = Config::from_vars(|name| (name == "WEARLINK_RETENTION_DAYS").then(|| "0".into())).unwrap();
+        assert_eq!(forever.retention, None);
         let postgres =
             Config::from_vars(|name| (name == "WEARLINK_DATABASE_URL").then(|| "postgres://db/w".into())).unwrap();
         assert_eq!(postgres.pool.max_connections, 10);

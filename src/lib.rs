@@ -181,6 +181,25 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Deletes the records of work finished more than `retention` before `now`
+    /// (`store::RetentionStore`), `SWEEP_BATCH` rows a statement as background work like the
+    /// state sweep. Answers how many rows went; nothing without a retention.
+    pub async fn prune_finished(&self, now: i64) -> store::StoreResult<u64> {
+        let Some(retention) = self.config.retention else { return Ok(0) };
+        let cutoff = now - retention.as_millis() as i64;
+        let mut pruned = 0;
+        loop {
+            let deleted = store::in_background(self.store.prune_finished(cutoff, SWEEP_BATCH)).await?;
+            pruned += deleted;
+            if deleted == 0 {
+                return Ok(pruned);
+            }
+            tokio::time::sleep(SWEEP_PAUSE).await;
+        }
+    }
+}
+
 /// Rows a housekeeping statement deletes at most. Measured on SQLite (2 shared cores, disk): a
 /// batch of 2,000 expired states takes 10–25 ms, where one `DELETE` of a million held the writer
 /// for 32 s (and connects failed with 503 after their 2 s acquire timeout).

@@ -111,6 +111,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "sweeping ended connect sessions failed");
         }
     });
+    if services.config.retention.is_some() {
+        services.spawn_every(Duration::from_secs(3600), |services| async move {
+            match services.prune_finished(wearlink::time::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "records of finished work past the retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "pruning finished work failed"),
+            }
+        });
+    }
     wearlink::connections::spawn_workers(&services, services.config.refresh_interval);
     // The job queue's worker: webhook events, backfills, resyncs and reconciliation in one lane,
     // deliveries of outbound events in another.

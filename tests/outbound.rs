@@ -38,6 +38,7 @@ on_both_backends!(
     an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it,
     deliveries_give_way_while_requests_are_served_and_catch_up_after,
     deliveries_run_in_a_lane_of_their_own_beside_syncs,
+    finished_work_is_pruned_after_the_retention_and_pending_work_is_kept,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -1064,4 +1065,82 @@ async fn deliveries_run_in_a_lane_of_their_own_beside_syncs(backend: Backend) {
         "the deliveries wait in the queue for an instance that sends"
     );
     assert_eq!(receiver.wait_for(5, WAIT).await.len(), 5);
+}
+
+/// Runs one statement on the app's database (from outside the service); answers the first
+/// column of the first row as a count, or the rows affected.
+async fn sql(app: &TestApp, statement: &str) -> i64 {
+    let counting = statement.trim_start().starts_with("SELECT");
+    match app.db.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
+            let n = if counting {
+                sqlx::query_scalar(statement).fetch_one(&pool).await.unwrap()
+            } else {
+                sqlx::query(statement).execute(&pool).await.unwrap().rows_affected() as i64
+            };
+            pool.close().await;
+            n
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+            let n = if counting {
+                sqlx::query_scalar(statement).fetch_one(&pool).await.unwrap()
+            } else {
+                sqlx::query(statement).execute(&pool).await.unwrap().rows_affected() as i64
+            };
+            pool.close().await;
+            n
+        }
+    }
+}
+
+async fn finished_work_is_pruned_after_the_retention_and_pending_work_is_kept(backend: Backend) {
+    let app = spawn(backend, loopback).await;
+    assert_eq!(app.services.config.retention, Some(Duration::from_secs(30 * 86_400)), "the default");
+    let answering = Receiver::start().await;
+    let failing = Receiver::start_with(Behaviour::Answer(500)).await;
+    register(&app, &answering, None).await;
+    let (failing_endpoint, _) = register(&app, &failing, None).await;
+    emit_to_every_endpoint(&app, 3).await;
+    let now = now_ms();
+    assert_eq!(deliver_due(&app.services, now).await, 6);
+    // Two inbox events of long ago: one synced, one still to process.
+    for (id, state) in [("old-synced", "synced"), ("old-received", "received")] {
+        sql(
+            &app,
+            &format!(
+                "INSERT INTO webhook_events (id, project_id, provider, dedup_key, event_type, payload, state, next_attempt_at, received_at)
+                 VALUES ('{id}', '{}', 'strava', '{id}', 'create', '{{}}', '{state}', 0, {})",
+                app.project_id,
+                now - 40 * 86_400_000
+            ),
+        )
+        .await;
+    }
+    let counts = || async {
+        (
+            sql(&app, "SELECT COUNT(*) FROM webhook_deliveries").await,
+            sql(&app, "SELECT COUNT(*) FROM outbound_events").await,
+            sql(&app, "SELECT COUNT(*) FROM webhook_events").await,
+        )
+    };
+    assert_eq!(counts().await, (6, 3, 2));
+
+    // Within the retention only the old synced inbox event goes.
+    assert_eq!(app.services.prune_finished(now).await.unwrap(), 1);
+    assert_eq!(counts().await, (6, 3, 1));
+    // 31 days on: the delivered deliveries go; each event stays while its other delivery is
+    // pending, and so does the inbox event still to process.
+    let later = now + 31 * 86_400_000;
+    assert_eq!(app.services.prune_finished(later).await.unwrap(), 3);
+    assert_eq!(counts().await, (3, 3, 1));
+    assert_eq!(deliveries(&app, &failing_endpoint, Some("pending")).await.len(), 3, "kept and listed");
+
+    // Once those are delivered too, they and their events go.
+    failing.set_behaviour(Behaviour::Answer(200));
+    assert_eq!(deliver_due(&app.services, now + 60_000).await, 3);
+    assert_eq!(failing.ids_accepted().len(), 3);
+    assert_eq!(app.services.prune_finished(later).await.unwrap(), 6);
+    assert_eq!(counts().await, (0, 0, 1));
 }

@@ -8,15 +8,18 @@ use crate::crypto::Sealed;
 
 pub mod outbound;
 mod postgres;
+pub mod retention;
 pub mod sessions;
 mod sql;
 mod sql_outbound;
+mod sql_retention;
 mod sql_sessions;
 mod sql_sync;
 mod sqlite;
 pub mod sync;
 
 pub use outbound::OutboundStore;
+pub use retention::RetentionStore;
 pub use sessions::{ConnectSessionRecord, SessionStore};
 pub use sync::{JobStore, ResourceStore, SyncStore};
 
@@ -547,6 +550,7 @@ pub trait Store:
     + ResourceStore
     + SyncStore
     + OutboundStore
+    + RetentionStore
     + SessionStore
     + Backend
 {
@@ -561,6 +565,7 @@ impl<T> Store for T where
         + ResourceStore
         + SyncStore
         + OutboundStore
+        + RetentionStore
         + SessionStore
         + Backend
 {

@@ -13,6 +13,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::impl_sql_store;
 use super::sql_outbound::impl_outbound_store;
+use super::sql_retention::impl_retention_store;
 use super::sql_sessions::impl_session_store;
 use super::sql_sync::impl_sync_store;
 use super::*;
@@ -240,6 +241,8 @@ impl_outbound_store!(
 );
 
 impl_session_store!(store: SqliteStore, row: SqliteRow);
+
+impl_retention_store!(store: SqliteStore, skip_locked: "");
 
 #[cfg(test)]
 mod tests {
