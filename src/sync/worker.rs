@@ -13,6 +13,11 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 use super::{lease, run, DELIVERY_KINDS, SYNC_KINDS};
+use crate::store::sync::Job;
+use crate::store::Lease;
+
+/// Jobs claimed, each with the lease it was claimed under.
+type Claimed = Vec<(Job, Lease)>;
 use crate::Services;
 
 /// A request being served, counted in `Services::requests_in_flight` until it is dropped.
@@ -40,12 +45,14 @@ struct Lane {
 }
 
 /// While the instance is busy, background jobs of both lanes together start at most `busy_rate` a
-/// second: each claim takes the next free slots of this schedule. They start in bursts of
-/// `burst` (five a second), so that one claim and, as the burst's jobs end together, one outcome
-/// commit serve several jobs: on SQLite each is a turn of the one writer that requests wait behind.
+/// second. They start in bursts of `burst` (five a second), so that one claim and, as the burst's
+/// jobs end together, one outcome commit serve several jobs: on SQLite each is a turn of the one
+/// writer that requests wait behind. Only jobs claimed use up the pace: a lane that found nothing
+/// takes nothing from the other.
 struct Pace {
     gap: Duration,
     burst: usize,
+    /// When the next claim may run; held while a lane claims, so the lanes take turns.
     next: Mutex<Instant>,
 }
 
@@ -54,15 +61,31 @@ impl Pace {
         Self { gap: Duration::from_secs(1) / rate, burst: (rate as usize / 5).max(1), next: Mutex::new(Instant::now()) }
     }
 
-    /// Waits for the turn of `n` starts.
-    async fn turn(&self, n: usize) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let at = (*next).max(Instant::now());
-            *next = at + self.gap * n as u32;
-            at
-        };
-        tokio::time::sleep_until(at).await;
+    /// Waits for the next turn, claims a burst (at most `free`) and moves the turn on by what was
+    /// claimed.
+    async fn claim<F, Fut>(&self, free: usize, claim: F) -> Claimed
+    where
+        F: FnOnce(usize) -> Fut,
+        Fut: std::future::Future<Output = Claimed>,
+    {
+        let mut next = self.next.lock().await;
+        tokio::time::sleep_until(*next).await;
+        let jobs = claim(free.min(self.burst)).await;
+        *next = Instant::now() + self.gap * jobs.len() as u32;
+        jobs
+    }
+}
+
+/// Leases up to `limit` due jobs of the lane's kinds (none when the claim fails: logged).
+async fn claim(services: &Arc<Services>, lane: &Lane, limit: usize) -> Claimed {
+    let lease = lease(services, crate::time::now_ms());
+    // Background work too: on SQLite it lets waiting requests write first.
+    match crate::store::in_background(services.store.claim_jobs(lane.kinds, &lease, limit as i64)).await {
+        Ok(jobs) => jobs.into_iter().map(|job| (job, lease.clone())).collect(),
+        Err(e) => {
+            tracing::warn!(lane = lane.name, error = %e, "claiming jobs failed");
+            Vec::new()
+        }
     }
 }
 
@@ -110,25 +133,13 @@ async fn run_lane(services: &Arc<Services>, lane: Lane, pace: Option<Arc<Pace>>)
             pace.is_some() && services.requests_in_flight.load(Ordering::Relaxed) >= services.config.sync.busy_requests;
         let mut claimed = 0;
         if free > 0 && (busy || free >= claim_at || running.is_empty()) {
-            let limit = match (&pace, busy) {
-                (Some(pace), true) => {
-                    let burst = free.min(pace.burst);
-                    pace.turn(burst).await;
-                    burst
-                }
-                _ => free,
+            let jobs = match (&pace, busy) {
+                (Some(pace), true) => pace.claim(free, |n| claim(services, &lane, n)).await,
+                _ => claim(services, &lane, free).await,
             };
-            let lease = lease(services, crate::time::now_ms());
-            // Background work too: on SQLite it lets waiting requests write first.
-            let claim = services.store.claim_jobs(lane.kinds, &lease, limit as i64);
-            match crate::store::in_background(claim).await {
-                Ok(jobs) => {
-                    claimed = jobs.len();
-                    for job in jobs {
-                        running.spawn(run(Arc::clone(services), job, lease.clone()));
-                    }
-                }
-                Err(e) => tracing::warn!(lane = lane.name, error = %e, "claiming jobs failed"),
+            claimed = jobs.len();
+            for (job, lease) in jobs {
+                running.spawn(run(Arc::clone(services), job, lease));
             }
         }
         // Claimed while busy: the next start waits for its turn of the pace, not for a job to end.
