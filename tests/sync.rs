@@ -349,7 +349,11 @@ async fn an_instance_killed_mid_backfill_is_taken_over_from_its_cursor(backend: 
     let services = std::sync::Arc::clone(&app.services);
     let a = tokio::spawn(async move { wearlink::sync::run_due(&services, now_ms()).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sync_of(&app, &endpoint).await["backfill"]["done"].as_i64().unwrap_or(0) < 100 {
+    // A page counts as done before its cursor is stored: wait for the next page's list call too,
+    // which A makes only once the cursor is stored (else B may rightly start over).
+    while sync_of(&app, &endpoint).await["backfill"]["done"].as_i64().unwrap_or(0) < 100
+        || app.stand_in.strava_api_log().to("/athlete/activities") < 2
+    {
         assert!(std::time::Instant::now() < deadline, "instance A made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
