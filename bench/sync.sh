@@ -5,8 +5,9 @@
 # afterwards), against an instantly answering Strava stand-in (examples/bench_sync.rs stand-in:
 # token endpoint, activity list and detail, no rate-limit headers):
 #   seed      a project with Strava enabled, credentials, an admin token and N patients
-#   phase 1   `wearlink serve` with WEARLINK_SYNC_CONCURRENCY=0 and no connection yet (nothing to
-#             sync): wrk on POST /v1/wearables/strava/connect (warm-up, then measured) → connect alone
+#   phase 1   `wearlink serve` with no worker (WEARLINK_SYNC_CONCURRENCY=0 and
+#             WEARLINK_OUTBOUND_CONCURRENCY=0) and no connection yet (nothing to sync): wrk on
+#             POST /v1/wearables/strava/connect (warm-up, then measured) → connect alone
 #   connect   the N patients get Strava connections (patient i = athlete i) → N backfill jobs queued
 #   phase 2   `wearlink serve` with the sync concurrency under test: the backfill starts at once;
 #             wrk on connect for BENCH_SECONDS from the server's start, while the script polls until
@@ -172,10 +173,9 @@ for backend in $BACKENDS; do
   FIRST_PATIENT=$(sed -E 's/.*"firstPatientId":"([^"]+)".*/\1/' <<<"$seeded")
   CONNECT_BODY="{\"patientId\":\"$FIRST_PATIENT\",\"redirectUri\":\"https://app.example/connected\"}"
 
-  # Phase 1: connect alone. No connection exists yet, so there is nothing to sync whatever the
-  # worker does (WEARLINK_SYNC_CONCURRENCY=0 still lets it claim one job at a time).
+  # Phase 1: connect alone, no worker (and no connection yet: nothing to sync in any case).
   log "$backend phase 1: connect alone (${WARMUP}s warm-up, ${DURATION}s measured)"
-  start_server "$WORK/$backend-alone-server.log" WEARLINK_SYNC_CONCURRENCY=0
+  start_server "$WORK/$backend-alone-server.log" WEARLINK_SYNC_CONCURRENCY=0 WEARLINK_OUTBOUND_CONCURRENCY=0
   wrk_connect "$WARMUP" "$WORK/warmup.json"
   reset_hwm
   cpu_before=$(cpu_s) machine_before=$(cpu_counters)

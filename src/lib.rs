@@ -169,34 +169,34 @@ impl Services {
     /// request waiting for it (`store::in_background`). Answers how many were deleted.
     pub async fn sweep_expired_states(&self) -> store::StoreResult<u64> {
         let now = time::now_ms();
-        let mut swept = 0;
-        loop {
-            let deleted = store::in_background(self.store.delete_expired_states(now, SWEEP_BATCH)).await?;
-            swept += deleted;
-            if deleted < u64::from(SWEEP_BATCH) {
-                return Ok(swept);
-            }
-            tokio::time::sleep(SWEEP_PAUSE).await;
-        }
+        in_batches(|| self.store.delete_expired_states(now, SWEEP_BATCH)).await
     }
-}
 
-impl Services {
     /// Deletes the records of work finished more than `retention` before `now`
-    /// (`store::RetentionStore`), `SWEEP_BATCH` rows a statement as background work like the
-    /// state sweep. Answers how many rows went; nothing without a retention.
+    /// (`store::RetentionStore`) in batches, like the state sweep. Answers how many rows went;
+    /// nothing without a retention.
     pub async fn prune_finished(&self, now: i64) -> store::StoreResult<u64> {
         let Some(retention) = self.config.retention else { return Ok(0) };
         let cutoff = now - retention.as_millis() as i64;
-        let mut pruned = 0;
-        loop {
-            let deleted = store::in_background(self.store.prune_finished(cutoff, SWEEP_BATCH)).await?;
-            pruned += deleted;
-            if deleted == 0 {
-                return Ok(pruned);
-            }
-            tokio::time::sleep(SWEEP_PAUSE).await;
+        in_batches(|| self.store.prune_finished(cutoff, SWEEP_BATCH)).await
+    }
+}
+
+/// Runs `batch` (one bounded delete, as background work) until one deletes fewer than
+/// `SWEEP_BATCH` rows, pausing between batches; answers how many rows went in all.
+async fn in_batches<F, Fut>(batch: F) -> store::StoreResult<u64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = store::StoreResult<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = store::in_background(batch()).await?;
+        total += deleted;
+        if deleted < u64::from(SWEEP_BATCH) {
+            return Ok(total);
         }
+        tokio::time::sleep(SWEEP_PAUSE).await;
     }
 }
 
