@@ -81,7 +81,10 @@ async fn main() -> anyhow::Result<()> {
     let services = Services::start(config).await?;
     let project_id = seed(&services, 1).await?;
     let subscription = json!("1");
-    services.store.put_setting(&project_id, wearlink::webhooks::STRAVA_SUBSCRIPTION_SETTING, &subscription, 0).await?;
+    services
+        .store
+        .put_setting(&project_id, &wearlink::webhooks::subscription_setting("strava"), &subscription, 0)
+        .await?;
     let router = wearlink::http::router(Arc::clone(&services));
     tokio::spawn(async move { axum::serve(listener, router).await });
     let client = reqwest::Client::new();

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::connections::{endpoint_body, endpoint_owner, TokenMaterial};
 use crate::crypto::{prefixed_random_token, sha256_hex, token_bytes};
 use crate::error::{Error, Result};
 use crate::projects::{self, Principal};
-use crate::providers::{Provider, ProviderError, TokenSet};
+use crate::providers::{AuthorizeRequest, CodeExchange, Provider, ProviderError, TokenSet};
 use crate::store::{ConnectionRecord, OAuthStateRecord, StoreError};
 use crate::time::now_ms;
 use crate::Services;
@@ -54,6 +55,11 @@ pub struct ConnectRequest {
 pub struct SessionLink {
     pub session_id: String,
     pub token: String,
+}
+
+/// What a PKCE verifier is sealed to in a state row: that state.
+fn verifier_owner(state_key: &str) -> String {
+    format!("pkce-verifier:{state_key}")
 }
 
 /// What a session's token is sealed to in a state row: the session and the state.
@@ -150,6 +156,10 @@ async fn start_with(
         token: services.keyring.seal(link.token.as_bytes(), &session_owner(&link.session_id, &state_hash)),
         session_id: link.session_id,
     });
+    let pkce = provider.uses_pkce().then(crate::providers::pkce_pair);
+    let code_verifier = pkce
+        .as_ref()
+        .map(|(_, verifier)| services.keyring.seal(verifier.expose_secret().as_bytes(), &verifier_owner(&state_hash)));
     let inserted = services
         .writes
         .insert_state
@@ -162,12 +172,19 @@ async fn start_with(
             created_at: now,
             expires_at: now + services.config.state_ttl.as_millis() as i64,
             session,
+            code_verifier,
         })
         .await?;
     if !inserted {
         return Err(patient_missing());
     }
-    let authorization_url = provider.authorization_url(&credentials, &callback_url(services, slug), &state);
+    let redirect_uri = callback_url(services, slug);
+    let authorize = AuthorizeRequest {
+        redirect_uri: &redirect_uri,
+        state: &state,
+        code_challenge: pkce.as_ref().map(|(challenge, _)| challenge.as_str()),
+    };
+    let authorization_url = provider.authorization_url(&credentials, &authorize);
     Ok(ConnectStart { provider: slug.into(), authorization_url, state })
 }
 
@@ -324,7 +341,15 @@ async fn complete(
         Err(e) => return Err(server_error(&e)),
     };
     let callback = callback_url(services, slug);
-    let tokens = provider.exchange_code(&services.http, &credentials, code, &callback).await.map_err(|e| {
+    let code_verifier = match &state.code_verifier {
+        Some(sealed) => match services.keyring.open(sealed, &verifier_owner(&state.state_hash)) {
+            Ok(plain) => Some(SecretString::from(String::from_utf8_lossy(&plain).into_owned())),
+            Err(e) => return Err(server_error(&e.into())),
+        },
+        None => None,
+    };
+    let exchange = CodeExchange { code, redirect_uri: &callback, code_verifier: code_verifier.as_ref() };
+    let tokens = provider.exchange_code(&services.http, &credentials, &exchange).await.map_err(|e| {
         tracing::warn!(provider = slug, error = %e, "token exchange failed");
         Failure::TokenExchangeFailed
     })?;

@@ -111,6 +111,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "sweeping ended connect sessions failed");
         }
     });
+    // Webhook subscriptions that expire (Oura's) are renewed a day ahead; hourly passes leave
+    // room for a provider outage. Renewing is idempotent at the provider, so two instances
+    // renewing the same subscription in one pass cost a call, not a subscription.
+    services.spawn_every(Duration::from_secs(3600), |services| async move {
+        match wearlink::webhooks::renew_subscriptions(&services, Duration::from_secs(24 * 3600)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(renewed = n, "webhook subscriptions renewed"),
+            Err(e) => tracing::warn!(error = %e, "renewing webhook subscriptions failed"),
+        }
+    });
     if services.config.retention.is_some() {
         services.spawn_every(Duration::from_secs(3600), |services| async move {
             match services.prune_finished(wearlink::time::now_ms()).await {

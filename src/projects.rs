@@ -27,6 +27,11 @@ impl Principal {
         format!("token:{}", self.token_fingerprint)
     }
 
+    /// Wearlink itself acting for a project in the background (renewing a subscription).
+    pub fn internal(project_id: &str) -> Self {
+        Self { project_id: project_id.into(), role: Role::Admin, token_fingerprint: "wearlink".into() }
+    }
+
     pub fn require_admin(&self) -> Result<()> {
         match self.role {
             Role::Admin => Ok(()),

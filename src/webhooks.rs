@@ -2,26 +2,33 @@
 //! acknowledged; each queues a job that the sync stage (`crate::sync`) processes.
 //! No HTTP types.
 
-use secrecy::ExposeSecret;
-use subtle::ConstantTimeEq;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::projects::{self, Principal};
-use crate::providers::{PolarEvent, StravaEvent};
+use crate::providers::webhook::{
+    Delivery, InboundEvent, SubscribeContext, Subscription, WebhookError, WebhookKeys, WebhookRequest,
+};
+use crate::providers::{ClientCredentials, Provider};
 use crate::store::{EventFilter, WebhookEvent};
 use crate::time::now_ms;
 use crate::Services;
 
-/// Where the project's Strava push subscription id is recorded (not a user-facing setting).
-pub const STRAVA_SUBSCRIPTION_SETTING: &str = "STRAVA_PUSH_SUBSCRIPTION_ID";
+/// The setting a provider's recorded subscription is kept under (not user-facing: not listed).
+pub fn subscription_setting(slug: &str) -> String {
+    format!("WEARABLE_{}_WEBHOOK_SUBSCRIPTION", slug.to_ascii_uppercase())
+}
 
 /// What a delivery led to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Receipt {
-    /// Stored; `false` when it was a provider retry of an event already stored.
+    /// Stored; `false` when every event was a provider retry of one already stored.
     Stored { new: bool },
-    /// Polar's PING while the webhook is being created: acknowledged, nothing stored.
-    Ping,
+    /// Acknowledged with this status, nothing stored (Polar's PING, Google's verification).
+    Acknowledged(u16),
 }
 
 async fn require_project(services: &Services, project_id: &str) -> Result<()> {
@@ -36,88 +43,96 @@ fn webhook_url(services: &Services, slug: &str, project_id: &str) -> String {
     format!("{base}/v1/wearables/{slug}/webhook/{project_id}")
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+/// The provider, when it has webhooks.
+fn webhooks_of(services: &Services, slug: &str) -> Result<Arc<dyn Provider>> {
+    let provider = services.providers.get(slug).cloned().ok_or_else(|| Error::NotFound(format!("provider {slug}")))?;
+    if provider.webhooks().is_none() {
+        return Err(Error::NotFound(format!("webhooks for provider {slug}")));
+    }
+    Ok(provider)
 }
 
-/// Strava's subscription validation: echo the challenge only for the project's verify token.
-pub async fn strava_challenge(
-    services: &Services,
-    project_id: &str,
-    mode: Option<&str>,
-    challenge: Option<&str>,
-    verify_token: Option<&str>,
-) -> Result<String> {
-    require_project(services, project_id).await?;
-    let (Some("subscribe"), Some(challenge), Some(token)) = (mode, challenge, verify_token) else {
-        return Err(Error::Rejected("expected hub.mode=subscribe, hub.challenge and hub.verify_token".into()));
-    };
-    let secret = projects::webhook_secret(services, project_id, "strava").await?;
-    match secret {
-        Some(secret) if constant_time_eq(secret.expose_secret(), token) => Ok(challenge.to_string()),
-        _ => Err(Error::Rejected("the verify token does not match".into())),
-    }
+/// The project's keys for a provider's webhook checks (secret, OAuth app, recorded subscription).
+struct Keys {
+    webhook_secret: Option<SecretString>,
+    client: Option<ClientCredentials>,
+    subscription: Option<Value>,
 }
 
-/// A Strava event: accepted only for the project's recorded subscription; stored before the 200.
-pub async fn receive_strava(services: &Services, project_id: &str, body: &[u8]) -> Result<Receipt> {
-    require_project(services, project_id).await?;
-    let event = StravaEvent::parse(body).map_err(Error::Malformed)?;
-    let recorded = projects::stored_settings(services, project_id)
-        .await?
-        .iter()
-        .find(|(k, _)| k == STRAVA_SUBSCRIPTION_SETTING)
-        .and_then(|(_, v)| v.as_str().map(String::from));
-    if recorded.as_deref() != Some(event.subscription_id.to_string().as_str()) {
-        return Err(Error::Rejected("unknown subscription_id".into()));
+impl Keys {
+    async fn load(services: &Services, project_id: &str, slug: &str) -> Result<Self> {
+        let webhook_secret = projects::webhook_secret(services, project_id, slug).await?;
+        let client = match projects::client_credentials(services, project_id, slug).await {
+            Ok(c) => Some(c),
+            Err(Error::CredentialsMissing { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let setting = subscription_setting(slug);
+        let subscription = projects::stored_settings(services, project_id)
+            .await?
+            .iter()
+            .find(|(k, _)| *k == setting)
+            .map(|(_, v)| v.clone());
+        Ok(Self { webhook_secret, client, subscription })
     }
-    let owner = event.owner_id.to_string();
-    store(services, project_id, "strava", event.dedup_key(), event.event_type(), Some(owner), body).await
-}
 
-/// A Polar event: the signature is checked against the project's webhook secret (PING excepted).
-pub async fn receive_polar(
-    services: &Services,
-    project_id: &str,
-    event_header: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-) -> Result<Receipt> {
-    require_project(services, project_id).await?;
-    // Polar PINGs the URL while the webhook is created, before its secret can be on file.
-    let body_is_ping = || serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["event"] == "PING");
-    if event_header == Some("PING") || (event_header.is_none() && body_is_ping()) {
-        return Ok(Receipt::Ping);
-    }
-    let secret = projects::webhook_secret(services, project_id, "polar").await?;
-    let verified = match (secret, signature) {
-        (Some(secret), Some(signature)) => {
-            crate::providers::verify_polar_signature(secret.expose_secret().as_bytes(), body, signature)
+    fn view(&self) -> WebhookKeys<'_> {
+        WebhookKeys {
+            webhook_secret: self.webhook_secret.as_ref(),
+            client: self.client.as_ref(),
+            subscription: self.subscription.as_ref(),
+            now_ms: now_ms(),
         }
-        _ => false,
+    }
+}
+
+fn webhook_error(e: WebhookError) -> Error {
+    match e {
+        WebhookError::Malformed(m) => Error::Malformed(m),
+        WebhookError::InvalidSignature => Error::InvalidSignature,
+        WebhookError::Rejected(m) => Error::Rejected(m),
+        WebhookError::NotSupported => Error::NotFound("no such webhook interaction for this provider".into()),
+    }
+}
+
+/// A GET (or HEAD) on the webhook URL: the provider validating it (Strava, Oura, Withings).
+pub async fn handshake(
+    services: &Services,
+    slug: &str,
+    project_id: &str,
+    request: &WebhookRequest<'_>,
+) -> Result<Value> {
+    let provider = webhooks_of(services, slug)?;
+    require_project(services, project_id).await?;
+    let keys = Keys::load(services, project_id, slug).await?;
+    provider.webhooks().expect("checked").handshake(request, &keys.view()).map_err(webhook_error)
+}
+
+/// A delivery: verified by the provider's rules, its events stored before the answer.
+pub async fn receive(
+    services: &Services,
+    slug: &str,
+    project_id: &str,
+    request: &WebhookRequest<'_>,
+) -> Result<Receipt> {
+    let provider = webhooks_of(services, slug)?;
+    require_project(services, project_id).await?;
+    let keys = Keys::load(services, project_id, slug).await?;
+    let delivery = provider.webhooks().expect("checked").receive(request, &keys.view()).map_err(webhook_error)?;
+    let events = match delivery {
+        Delivery::Acknowledge(status) => return Ok(Receipt::Acknowledged(status)),
+        Delivery::Events(events) => events,
     };
-    if !verified {
-        return Err(Error::InvalidSignature);
-    }
-    let event = PolarEvent::parse(body).map_err(Error::Malformed)?;
-    if event.event == "PING" {
-        return Ok(Receipt::Ping);
-    }
-    let user = event.user_id();
-    store(services, project_id, "polar", event.dedup_key(), event.event.clone(), user, body).await
+    // A push of many events (Garmin) is stored as many inbox rows, group-committed together.
+    let stored =
+        futures::future::try_join_all(events.into_iter().map(|e| store(services, project_id, slug, e))).await?;
+    Ok(Receipt::Stored { new: stored.iter().any(|new| *new) || stored.is_empty() })
 }
 
 /// Writes the event to the inbox, resolving its connection. Events of unknown users are kept as
 /// `ignored`, so they are acknowledged and visible but never processed.
-async fn store(
-    services: &Services,
-    project_id: &str,
-    provider: &str,
-    dedup_key: String,
-    event_type: String,
-    remote_user_id: Option<String>,
-    body: &[u8],
-) -> Result<Receipt> {
+async fn store(services: &Services, project_id: &str, provider: &str, event: InboundEvent) -> Result<bool> {
+    let InboundEvent { dedup_key, event_type, remote_user_id, payload } = event;
     services.metrics.webhook_event(provider, &event_type);
     let connection = match &remote_user_id {
         Some(user) => services.store.find_connection_by_remote_user(project_id, provider, user).await?,
@@ -137,7 +152,7 @@ async fn store(
             remote_user_id,
             endpoint_id: connection.as_ref().map(|c| c.endpoint_id.clone()),
             patient_id: connection.as_ref().map(|c| c.patient_id.clone()),
-            payload: String::from_utf8_lossy(body).into_owned(),
+            payload,
             state: if connection.is_some() { "received" } else { "ignored" }.into(),
             attempts: 0,
             next_attempt_at: now,
@@ -150,7 +165,7 @@ async fn store(
     if new && connection.is_some() {
         services.sync_wake.notify_one();
     }
-    Ok(Receipt::Stored { new })
+    Ok(new)
 }
 
 pub async fn list_events(services: &Services, principal: &Principal, filter: EventFilter) -> Result<Vec<WebhookEvent>> {
@@ -170,45 +185,74 @@ pub async fn replay(services: &Services, principal: &Principal, event_id: &str) 
 /// Creates the webhook at the provider for this project; answers (provider's id, our URL).
 pub async fn subscribe(services: &Services, principal: &Principal, slug: &str) -> Result<(String, String)> {
     principal.require_admin()?;
-    let provider = services.providers.get(slug).cloned().ok_or_else(|| Error::NotFound(format!("provider {slug}")))?;
+    let provider = webhooks_of(services, slug)?;
     let credentials = projects::client_credentials(services, &principal.project_id, slug).await?;
     let url = webhook_url(services, slug, &principal.project_id);
-    let upstream = |e: crate::providers::ProviderError| Error::Upstream(e.to_string());
-    match slug {
-        "strava" => {
-            // Strava echoes this verify token to our GET; keep one on file (generate it if needed).
-            let verify_token = match projects::webhook_secret(services, &principal.project_id, slug).await? {
-                Some(secret) => secret.expose_secret().to_string(),
-                None => {
-                    let token = crate::crypto::random_token(24);
-                    let key = projects::secret_key(slug, "WEBHOOK_SECRET");
-                    projects::put_secret(services, principal, &key, &token).await?;
-                    token
+    // Providers that check the URL while the subscription is made (Strava's and Oura's GET with
+    // a verify token, Google's POSTs with its Authorization header) check it against this secret,
+    // so one is on file first; a provider that issues its own key (Polar) replaces it after.
+    let secret = match projects::webhook_secret(services, &principal.project_id, slug).await? {
+        Some(secret) => secret,
+        None => {
+            let token = crate::crypto::random_token(24);
+            projects::put_secret(services, principal, &projects::secret_key(slug, "WEBHOOK_SECRET"), &token).await?;
+            SecretString::from(token)
+        }
+    };
+    let ctx = SubscribeContext { credentials: &credentials, callback_url: &url, webhook_secret: &secret };
+    let subscription = provider
+        .webhooks()
+        .expect("checked")
+        .subscribe(&services.http, &ctx)
+        .await
+        .map_err(|e| Error::Upstream(e.to_string()))?;
+    keep(services, principal, slug, &subscription).await?;
+    Ok((subscription.id, url))
+}
+
+/// Keeps what a subscription left: its secret (as the project's webhook secret) and its record.
+async fn keep(services: &Services, principal: &Principal, slug: &str, subscription: &Subscription) -> Result<()> {
+    if let Some(secret) = &subscription.webhook_secret {
+        projects::put_secret(services, principal, &projects::secret_key(slug, "WEBHOOK_SECRET"), secret).await?;
+    }
+    if let Some(record) = &subscription.record {
+        projects::put_internal_setting(services, &principal.project_id, &subscription_setting(slug), record).await?;
+    }
+    Ok(())
+}
+
+/// Renews every recorded subscription that expires within `ahead` (Oura's expire): one pass of
+/// the background renewal. Answers how many were renewed; a failure is logged and retried on the
+/// next pass.
+pub async fn renew_subscriptions(services: &Services, ahead: std::time::Duration) -> Result<usize> {
+    let mut renewed = 0;
+    let due_before = now_ms() + ahead.as_millis() as i64;
+    for provider in services.providers.all() {
+        let Some(hooks) = provider.webhooks() else { continue };
+        let slug = provider.slug();
+        for (project_id, record) in services.store.list_setting_values(&subscription_setting(slug)).await? {
+            if hooks.renew_at(&record).is_none_or(|at| at > due_before) {
+                continue;
+            }
+            let principal = Principal::internal(&project_id);
+            let credentials = match projects::client_credentials(services, &project_id, slug).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(provider = slug, error = %e, "cannot renew a webhook subscription");
+                    continue;
                 }
             };
-            let id = crate::providers::create_strava_push_subscription(
-                &services.http,
-                provider.urls(),
-                &credentials,
-                &url,
-                &verify_token,
-            )
-            .await
-            .map_err(upstream)?;
-            let value = serde_json::Value::String(id.clone());
-            projects::put_internal_setting(services, &principal.project_id, STRAVA_SUBSCRIPTION_SETTING, &value)
-                .await?;
-            Ok((id, url))
+            let url = webhook_url(services, slug, &project_id);
+            let Some(secret) = projects::webhook_secret(services, &project_id, slug).await? else { continue };
+            let ctx = SubscribeContext { credentials: &credentials, callback_url: &url, webhook_secret: &secret };
+            match hooks.renew(&services.http, &ctx, &record).await {
+                Ok(subscription) => {
+                    keep(services, &principal, slug, &subscription).await?;
+                    renewed += 1;
+                }
+                Err(e) => tracing::warn!(provider = slug, error = %e, "renewing a webhook subscription failed"),
+            }
         }
-        "polar" => {
-            let (id, signature_key) =
-                crate::providers::create_polar_webhook(&services.http, provider.urls(), &credentials, &url)
-                    .await
-                    .map_err(upstream)?;
-            let key = projects::secret_key(slug, "WEBHOOK_SECRET");
-            projects::put_secret(services, principal, &key, &signature_key).await?;
-            Ok((id, url))
-        }
-        _ => Err(Error::NotFound(format!("webhooks for provider {slug}"))),
     }
+    Ok(renewed)
 }

@@ -102,6 +102,7 @@ async fn expired_states_are_swept_safely_by_several_instances(backend: Backend) 
                 created_at: now - 700_000,
                 expires_at: now - 100_000,
                 session: None,
+                code_verifier: None,
             })
             .await
             .unwrap();

@@ -4,18 +4,21 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, Problem};
+use super::error::{ApiResult, Problem};
 use super::extract::{Admin, ApiPath, ApiQuery, RawBody};
+use crate::providers::webhook::WebhookRequest;
 use crate::store::EventFilter;
 use crate::webhooks::{self, Receipt};
 use crate::Services;
 
+/// Strava's validation query, for the OpenAPI document (handshakes read the whole query).
 #[derive(Deserialize, IntoParams)]
+#[allow(dead_code)]
 pub struct ChallengeQuery {
     #[serde(rename = "hub.mode")]
     #[param(rename = "hub.mode")]
@@ -26,12 +29,6 @@ pub struct ChallengeQuery {
     #[serde(rename = "hub.verify_token")]
     #[param(rename = "hub.verify_token")]
     pub verify_token: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ChallengeResponse {
-    #[serde(rename = "hub.challenge")]
-    pub challenge: String,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -102,61 +99,63 @@ pub struct OkResponse {
     pub ok: bool,
 }
 
-/// Strava's subscription validation: echoes `hub.challenge` when `hub.verify_token` is the
-/// project's `WEARABLE_STRAVA_WEBHOOK_SECRET`.
+/// The request as the domain reads it: header names in lower case, the query's pairs.
+type Pairs = Vec<(String, String)>;
+
+fn parts(headers: &HeaderMap, query: Option<&str>) -> (Pairs, Pairs) {
+    let headers = headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string())))
+        .collect();
+    let query = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    (headers, query)
+}
+
+/// The provider validating the URL: Strava's `hub.*` (echoes `hub.challenge` when
+/// `hub.verify_token` is the project's webhook secret), Oura's `verification_token` and
+/// `challenge`; a HEAD (Withings) is answered the same way, without a body.
 #[utoipa::path(get, path = "/v1/wearables/{provider}/webhook/{projectId}", tag = "webhooks",
-    params(("provider" = String, Path, description = "strava"), ("projectId" = String, Path), ChallengeQuery),
-    responses((status = 200, body = ChallengeResponse), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    params(("provider" = String, Path, description = "a provider whose webhooks are validated by a GET"), ("projectId" = String, Path), ChallengeQuery),
+    responses((status = 200, body = Object, description = "What the provider expects back (Strava: `{\"hub.challenge\"}`)"),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn challenge(
     State(s): State<Arc<Services>>,
     ApiPath((provider, project_id)): ApiPath<(String, String)>,
-    ApiQuery(q): ApiQuery<ChallengeQuery>,
-) -> ApiResult<Json<ChallengeResponse>> {
-    if provider != "strava" {
-        return Err(ApiError::RouteNotFound);
-    }
-    let challenge = webhooks::strava_challenge(
-        &s,
-        &project_id,
-        q.mode.as_deref(),
-        q.challenge.as_deref(),
-        q.verify_token.as_deref(),
-    )
-    .await?;
-    Ok(Json(ChallengeResponse { challenge }))
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (headers, query) = parts(&headers, uri.query());
+    let request = WebhookRequest { headers: &headers, query: &query, body: &[] };
+    let answer = webhooks::handshake(&s, &provider, &project_id, &request).await?;
+    Ok(Json(answer))
 }
 
-/// A provider event. Stored durably (deduplicated) before the 200; processed in the background.
-/// Polar: `Polar-Webhook-Signature` (hex HMAC-SHA256 of the body) is required, except for PING.
+/// A provider event. Verified by the provider's rules (signatures over the body or timestamp and
+/// body, shared headers), stored durably (deduplicated) before the answer, processed in the
+/// background. Verification deliveries (Polar's PING, Google's `{"type": "verification"}`) are
+/// acknowledged without being stored (Google's with 201).
 #[utoipa::path(post, path = "/v1/wearables/{provider}/webhook/{projectId}", tag = "webhooks",
-    params(("provider" = String, Path, description = "strava or polar"), ("projectId" = String, Path)),
+    params(("provider" = String, Path, description = "a provider slug"), ("projectId" = String, Path)),
     request_body(content = Object, description = "The provider's event, as it sends it"),
-    responses((status = 200, body = DeliveryResponse), (status = 400, body = Problem), (status = 401, body = Problem),
+    responses((status = 200, body = DeliveryResponse), (status = 201, body = DeliveryResponse, description = "A verification delivery acknowledged"),
+        (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem),
         (status = 503, body = Problem)))]
 pub async fn deliver(
     State(s): State<Arc<Services>>,
     ApiPath((provider, project_id)): ApiPath<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> ApiResult<Json<DeliveryResponse>> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let receipt = match provider.as_str() {
-        "strava" => webhooks::receive_strava(&s, &project_id, &body).await?,
-        "polar" => {
-            webhooks::receive_polar(
-                &s,
-                &project_id,
-                header("polar-webhook-event"),
-                header("polar-webhook-signature"),
-                &body,
-            )
-            .await?
-        }
-        _ => return Err(ApiError::RouteNotFound),
+) -> ApiResult<(StatusCode, Json<DeliveryResponse>)> {
+    let (headers, query) = parts(&headers, uri.query());
+    let request = WebhookRequest { headers: &headers, query: &query, body: &body };
+    let receipt = webhooks::receive(&s, &provider, &project_id, &request).await?;
+    let (status, duplicate) = match receipt {
+        Receipt::Stored { new } => (StatusCode::OK, !new),
+        Receipt::Acknowledged(status) => (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), false),
     };
-    let duplicate = receipt == Receipt::Stored { new: false };
-    Ok(Json(DeliveryResponse { ok: true, duplicate }))
+    Ok((status, Json(DeliveryResponse { ok: true, duplicate })))
 }
 
 /// Creates the webhook subscription at the provider for this project (admin).

@@ -21,14 +21,15 @@ use url::Url;
 pub mod data;
 pub mod polar;
 pub mod strava;
+pub mod webhook;
 
 pub use data::DataSource;
+pub use webhook::Webhooks;
 
 pub use polar::{Polar, PolarEvent};
 pub use strava::{Strava, StravaEvent};
 
-pub use polar::{create_webhook as create_polar_webhook, verify_signature as verify_polar_signature};
-pub use strava::create_push_subscription as create_strava_push_subscription;
+pub use polar::verify_signature as verify_polar_signature;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
 pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG];
@@ -103,6 +104,29 @@ pub struct RefreshedTokens {
     pub expires_at: Option<i64>,
 }
 
+/// What the authorize URL carries.
+pub struct AuthorizeRequest<'a> {
+    /// Our callback, exactly as registered at the provider.
+    pub redirect_uri: &'a Url,
+    pub state: &'a str,
+    /// The PKCE S256 challenge, for providers that `uses_pkce`.
+    pub code_challenge: Option<&'a str>,
+}
+
+/// What a code exchange carries.
+pub struct CodeExchange<'a> {
+    pub code: &'a str,
+    pub redirect_uri: &'a Url,
+    /// The PKCE verifier kept with the state.
+    pub code_verifier: Option<&'a SecretString>,
+}
+
+/// A new PKCE S256 pair (RFC 7636): `(challenge, verifier)`.
+pub fn pkce_pair() -> (String, SecretString) {
+    let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
+    (challenge.as_str().to_string(), SecretString::from(verifier.secret().to_string()))
+}
+
 /// What a revocation needs to know about the connection.
 pub struct RevocationTarget<'a> {
     pub access_token: &'a SecretString,
@@ -148,14 +172,20 @@ pub trait Provider: Send + Sync {
     fn urls(&self) -> &ResolvedUrls;
     /// Scopes requested at authorization.
     fn scopes(&self) -> Vec<String>;
-    /// The URL the user is sent to; `redirect_uri` is our callback.
-    fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url;
+    /// Whether the code flow carries a PKCE S256 challenge (RFC 7636): required by some providers
+    /// (Garmin), supported by others (Google). The verifier stays with the state, sealed.
+    fn uses_pkce(&self) -> bool {
+        false
+    }
+    /// The URL the user is sent to.
+    fn authorization_url(&self, credentials: &ClientCredentials, request: &AuthorizeRequest<'_>) -> Url;
+    /// Exchanges the code for tokens, with whatever follow-up call names the user (Oura, WHOOP,
+    /// Garmin answer the user id only from their API).
     async fn exchange_code(
         &self,
         http: &ProviderHttp,
         credentials: &ClientCredentials,
-        code: &str,
-        redirect_uri: &Url,
+        exchange: &CodeExchange<'_>,
     ) -> Result<TokenSet, ProviderError>;
     /// What must happen at the provider before a connection is usable (Polar: register the user).
     /// `member_id` is an opaque, stable id of the patient within the project.
@@ -183,6 +213,10 @@ pub trait Provider: Send + Sync {
     async fn revoke(&self, http: &ProviderHttp, target: &RevocationTarget<'_>) -> Result<(), ProviderError>;
     /// The provider's data API, when Wearlink syncs its data.
     fn data(&self) -> Option<&dyn DataSource> {
+        None
+    }
+    /// The provider's inbound webhooks, when it sends any.
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
         None
     }
     /// The FHIR identifier system for this provider's user ids.
@@ -294,14 +328,20 @@ impl OAuthFlow<'_> {
             .set_auth_type(self.auth_type.clone())
     }
 
-    pub fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {
-        let client = self.client::<oauth2::EmptyExtraTokenFields>(credentials, redirect_uri);
-        let mut request =
-            client.authorize_url(|| CsrfToken::new(state.to_string())).add_scope(Scope::new(self.scope.clone()));
-        for (name, value) in self.extra_authorize_params {
-            request = request.add_extra_param(*name, *value);
+    pub fn authorization_url(&self, credentials: &ClientCredentials, request: &AuthorizeRequest<'_>) -> Url {
+        let client = self.client::<oauth2::EmptyExtraTokenFields>(credentials, request.redirect_uri);
+        let state = request.state.to_string();
+        let mut url = client.authorize_url(|| CsrfToken::new(state));
+        if !self.scope.is_empty() {
+            url = url.add_scope(Scope::new(self.scope.clone()));
         }
-        request.url().0
+        for (name, value) in self.extra_authorize_params {
+            url = url.add_extra_param(*name, *value);
+        }
+        if let Some(challenge) = request.code_challenge {
+            url = url.add_extra_param("code_challenge", challenge).add_extra_param("code_challenge_method", "S256");
+        }
+        url.url().0
     }
 
     /// Exchanges `code`; the caller reads its provider's extra fields from the answer.
@@ -309,23 +349,23 @@ impl OAuthFlow<'_> {
         &self,
         http: &ProviderHttp,
         credentials: &ClientCredentials,
-        code: &str,
-        redirect_uri: &Url,
+        exchange: &CodeExchange<'_>,
     ) -> Result<StandardTokenResponse<EF, BasicTokenType>, ProviderError> {
         let counted = CountedExchange { http, provider: self.provider };
-        self.client::<EF>(credentials, redirect_uri)
-            .exchange_code(AuthorizationCode::new(code.to_string()))
-            .request_async(&counted)
-            .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => {
-                    ProviderError::Refused { status: None, error: Some(r.error().as_ref().to_string()) }
-                }
-                RequestTokenError::Request(_) => ProviderError::Unreachable,
-                // The raw body of a parse error may hold tokens: dropped here, never logged.
-                RequestTokenError::Parse(_, _) => ProviderError::BadAnswer("token answer"),
-                RequestTokenError::Other(_) => ProviderError::Refused { status: None, error: None },
-            })
+        let client = self.client::<EF>(credentials, exchange.redirect_uri);
+        let mut request = client.exchange_code(AuthorizationCode::new(exchange.code.to_string()));
+        if let Some(verifier) = exchange.code_verifier {
+            request = request.set_pkce_verifier(oauth2::PkceCodeVerifier::new(verifier.expose_secret().to_string()));
+        }
+        request.request_async(&counted).await.map_err(|e| match e {
+            RequestTokenError::ServerResponse(r) => {
+                ProviderError::Refused { status: None, error: Some(r.error().as_ref().to_string()) }
+            }
+            RequestTokenError::Request(_) => ProviderError::Unreachable,
+            // The raw body of a parse error may hold tokens: dropped here, never logged.
+            RequestTokenError::Parse(_, _) => ProviderError::BadAnswer("token answer"),
+            RequestTokenError::Other(_) => ProviderError::Refused { status: None, error: None },
+        })
     }
 }
 

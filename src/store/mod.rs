@@ -184,6 +184,8 @@ pub struct OAuthStateRecord {
     pub expires_at: i64,
     /// Set when the connect was started from a hosted connect page (`crate::connect_sessions`).
     pub session: Option<StateSession>,
+    /// The PKCE verifier (`Provider::uses_pkce`), sealed to the state: never sent to the browser.
+    pub code_verifier: Option<Sealed>,
 }
 
 /// The connect session a state came from, and that session's token sealed to the state, so the
@@ -305,6 +307,8 @@ pub trait ProjectStore: Send + Sync {
     async fn delete_api_token(&self, token_hash: &str) -> StoreResult<bool>;
     /// `(key, JSON value)` pairs of the settings that were ever set.
     async fn list_settings(&self, project_id: &str) -> StoreResult<Vec<(String, Value)>>;
+    /// Every project's value of one setting: `(project id, value)`.
+    async fn list_setting_values(&self, key: &str) -> StoreResult<Vec<(String, Value)>>;
     async fn put_setting(&self, project_id: &str, key: &str, value: &Value, now: i64) -> StoreResult<()>;
     async fn put_secret(&self, project_id: &str, key: &str, sealed: &Sealed, now: i64) -> StoreResult<()>;
     async fn list_secrets(&self, project_id: &str) -> StoreResult<Vec<SecretRecord>>;

@@ -43,6 +43,13 @@ macro_rules! impl_sql_store {
                 }
                 _ => None,
             },
+            code_verifier: match (
+                row.try_get::<Option<String>, _>("verifier_key_id")?,
+                row.try_get::<Option<Vec<u8>>, _>("code_verifier")?,
+            ) {
+                (Some(key_id), Some(blob)) => Some(Sealed { key_id, blob }),
+                _ => None,
+            },
         })
     }
 
@@ -213,6 +220,20 @@ macro_rules! impl_sql_store {
                 .collect()
         }
 
+        async fn list_setting_values(&self, key: &str) -> StoreResult<Vec<(String, Value)>> {
+            let rows = sqlx::query("SELECT project_id, value FROM project_settings WHERE key = $1 ORDER BY project_id")
+                .bind(key)
+                .fetch_all(self.reader())
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let value: String = row.try_get("value")?;
+                    let value = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    Ok((row.try_get("project_id")?, value))
+                })
+                .collect()
+        }
+
         async fn put_setting(&self, project_id: &str, key: &str, value: &Value, now: i64) -> StoreResult<()> {
             sqlx::query(
                 "INSERT INTO project_settings (project_id, key, value, updated_at) VALUES ($1, $2, $3, $4)
@@ -331,8 +352,8 @@ macro_rules! impl_sql_store {
             let session = state.session.as_ref();
             sqlx::query(
                 "INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                                           session_id, session_key_id, session_token)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                           session_id, session_key_id, session_token, verifier_key_id, code_verifier)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&state.state_hash)
             .bind(&state.project_id)
@@ -344,6 +365,8 @@ macro_rules! impl_sql_store {
             .bind(session.map(|s| s.session_id.clone()))
             .bind(session.map(|s| s.token.key_id.clone()))
             .bind(session.map(|s| s.token.blob.clone()))
+            .bind(state.code_verifier.as_ref().map(|v| v.key_id.clone()))
+            .bind(state.code_verifier.as_ref().map(|v| v.blob.clone()))
             .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
@@ -355,16 +378,16 @@ macro_rules! impl_sql_store {
             }
             let sql = format!(
                 "WITH v (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                         session_id, session_key_id, session_token) AS
+                         session_id, session_key_id, session_token, verifier_key_id, code_verifier) AS
                      (VALUES {})
                  INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                                           session_id, session_key_id, session_token)
+                                           session_id, session_key_id, session_token, verifier_key_id, code_verifier)
                  SELECT state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                        session_id, session_key_id, session_token FROM v
+                        session_id, session_key_id, session_token, verifier_key_id, code_verifier FROM v
                  WHERE EXISTS (SELECT 1 FROM fhir_resources r
                                WHERE r.resource_type = 'Patient' AND r.id = v.patient_id AND r.project_id = v.project_id)
                  RETURNING state_hash",
-                $crate::store::sql::value_rows(states.len(), 10, |p| format!("({})", p.join(", "))),
+                $crate::store::sql::value_rows(states.len(), 12, |p| format!("({})", p.join(", "))),
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for state in states {
@@ -379,7 +402,9 @@ macro_rules! impl_sql_store {
                     .bind(state.expires_at)
                     .bind(session.map(|s| s.session_id.clone()))
                     .bind(session.map(|s| s.token.key_id.clone()))
-                    .bind(session.map(|s| s.token.blob.clone()));
+                    .bind(session.map(|s| s.token.blob.clone()))
+                    .bind(state.code_verifier.as_ref().map(|v| v.key_id.clone()))
+                    .bind(state.code_verifier.as_ref().map(|v| v.blob.clone()));
             }
             Ok(query.fetch_all(&mut *self.writer().await?).await?.into_iter().map(|(hash,)| hash).collect())
         }
@@ -391,7 +416,7 @@ macro_rules! impl_sql_store {
             let sql = format!(
                 "DELETE FROM oauth_states WHERE state_hash IN {}
                  RETURNING state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                           session_id, session_key_id, session_token",
+                           session_id, session_key_id, session_token, verifier_key_id, code_verifier",
                 $crate::store::sql::parameter_list(state_hashes.len()),
             );
             let mut query = sqlx::query(&sql);

@@ -7,9 +7,12 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::webhook::{
+    Delivery, InboundEvent, SubscribeContext, Subscription, WebhookError, WebhookKeys, WebhookRequest, Webhooks,
+};
 use super::{
-    revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderHttp, ProviderUrls,
-    ResolvedUrls, RevocationTarget, TokenSet,
+    revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow, Provider,
+    ProviderError, ProviderHttp, ProviderUrls, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -76,18 +79,21 @@ impl Provider for Polar {
         Some(self)
     }
 
-    fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {
-        self.flow().authorization_url(credentials, redirect_uri, state)
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        Some(self)
+    }
+
+    fn authorization_url(&self, credentials: &ClientCredentials, request: &AuthorizeRequest<'_>) -> Url {
+        self.flow().authorization_url(credentials, request)
     }
 
     async fn exchange_code(
         &self,
         http: &ProviderHttp,
         credentials: &ClientCredentials,
-        code: &str,
-        redirect_uri: &Url,
+        exchange: &CodeExchange<'_>,
     ) -> Result<TokenSet, ProviderError> {
-        let answer = self.flow().exchange::<PolarTokenFields>(http, credentials, code, redirect_uri).await?;
+        let answer = self.flow().exchange::<PolarTokenFields>(http, credentials, exchange).await?;
         let user_id = match &answer.extra_fields().x_user_id {
             Some(serde_json::Value::Number(n)) => n.to_string(),
             Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
@@ -193,25 +199,53 @@ impl PolarEvent {
     }
 }
 
-/// Creates the client's webhook (`POST /v3/webhooks`, Basic client credentials); Polar PINGs the
-/// URL first. Answers the webhook id and its `signature_secret_key`.
-pub async fn create_webhook(
-    http: &ProviderHttp,
-    urls: &ResolvedUrls,
-    credentials: &ClientCredentials,
-    url: &str,
-) -> Result<(String, String), ProviderError> {
-    let request = http
-        .post(urls.api_url("webhooks"))
-        .basic_auth(&credentials.client_id, Some(credentials.client_secret.expose_secret()))
-        .header(reqwest::header::ACCEPT, "application/json")
-        .json(&serde_json::json!({ "events": WEBHOOK_EVENTS, "url": url }));
-    let body = super::json_answer(http, (SLUG, "create_webhook"), request, "webhook answer").await?;
-    let data = body.get("data").unwrap_or(&body);
-    let id = super::id_text(data.get("id"));
-    let key = data.get("signature_secret_key").and_then(|v| v.as_str()).map(String::from);
-    match (id, key) {
-        (Some(id), Some(key)) => Ok((id, key)),
-        _ => Err(ProviderError::BadAnswer("webhook answer without id or signature_secret_key")),
+/// Polar's webhook (https://www.polar.com/accesslink-api/#webhooks): one per client, PINGed while it
+/// is created (before its signing key can be on file), events signed with that key.
+#[async_trait]
+impl Webhooks for Polar {
+    fn receive(&self, request: &WebhookRequest<'_>, keys: &WebhookKeys<'_>) -> Result<Delivery, WebhookError> {
+        let event_header = request.header("polar-webhook-event");
+        let body_is_ping =
+            || serde_json::from_slice::<serde_json::Value>(request.body).is_ok_and(|v| v["event"] == "PING");
+        if event_header == Some("PING") || (event_header.is_none() && body_is_ping()) {
+            return Ok(Delivery::Acknowledge(200));
+        }
+        let verified = match (keys.webhook_secret, request.header("polar-webhook-signature")) {
+            (Some(secret), Some(signature)) => {
+                verify_signature(secret.expose_secret().as_bytes(), request.body, signature)
+            }
+            _ => false,
+        };
+        if !verified {
+            return Err(WebhookError::InvalidSignature);
+        }
+        let event = PolarEvent::parse(request.body).map_err(WebhookError::Malformed)?;
+        if event.event == "PING" {
+            return Ok(Delivery::Acknowledge(200));
+        }
+        Ok(Delivery::Events(vec![InboundEvent {
+            dedup_key: event.dedup_key(),
+            remote_user_id: event.user_id(),
+            event_type: event.event,
+            payload: String::from_utf8_lossy(request.body).into_owned(),
+        }]))
+    }
+
+    /// `POST /v3/webhooks` with Basic client credentials; Polar PINGs the URL first. Its
+    /// `signature_secret_key` becomes the project's webhook secret.
+    async fn subscribe(&self, http: &ProviderHttp, ctx: &SubscribeContext<'_>) -> Result<Subscription, ProviderError> {
+        let request = http
+            .post(self.urls.api_url("webhooks"))
+            .basic_auth(&ctx.credentials.client_id, Some(ctx.credentials.client_secret.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&serde_json::json!({ "events": WEBHOOK_EVENTS, "url": ctx.callback_url }));
+        let body = super::json_answer(http, (SLUG, "create_webhook"), request, "webhook answer").await?;
+        let data = body.get("data").unwrap_or(&body);
+        let id = super::id_text(data.get("id"));
+        let key = data.get("signature_secret_key").and_then(|v| v.as_str()).map(String::from);
+        match (id, key) {
+            (Some(id), Some(key)) => Ok(Subscription { id, webhook_secret: Some(key), record: None }),
+            _ => Err(ProviderError::BadAnswer("webhook answer without id or signature_secret_key")),
+        }
     }
 }

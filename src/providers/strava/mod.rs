@@ -3,13 +3,18 @@
 use async_trait::async_trait;
 use oauth2::AuthType;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use url::Url;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::webhook::{
+    constant_time_eq, Delivery, InboundEvent, SubscribeContext, Subscription, WebhookError, WebhookKeys,
+    WebhookRequest, Webhooks,
+};
 use super::{
-    post_token_form, revocation_result, token_set, ClientCredentials, OAuthFlow, Provider, ProviderError, ProviderHttp,
-    ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
+    post_token_form, revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow,
+    Provider, ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -98,18 +103,21 @@ impl Provider for Strava {
         Some(self)
     }
 
-    fn authorization_url(&self, credentials: &ClientCredentials, redirect_uri: &Url, state: &str) -> Url {
-        self.flow().authorization_url(credentials, redirect_uri, state)
+    fn webhooks(&self) -> Option<&dyn Webhooks> {
+        Some(self)
+    }
+
+    fn authorization_url(&self, credentials: &ClientCredentials, request: &AuthorizeRequest<'_>) -> Url {
+        self.flow().authorization_url(credentials, request)
     }
 
     async fn exchange_code(
         &self,
         http: &ProviderHttp,
         credentials: &ClientCredentials,
-        code: &str,
-        redirect_uri: &Url,
+        exchange: &CodeExchange<'_>,
     ) -> Result<TokenSet, ProviderError> {
-        let answer = self.flow().exchange::<StravaTokenFields>(http, credentials, code, redirect_uri).await?;
+        let answer = self.flow().exchange::<StravaTokenFields>(http, credentials, exchange).await?;
         let extra = answer.extra_fields();
         let athlete_id = match extra.athlete.as_ref().map(|a| &a.id) {
             Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -195,21 +203,53 @@ impl StravaEvent {
     }
 }
 
-/// Creates the push subscription of an app (`POST /push_subscriptions`); answers its id.
-/// Strava validates `callback_url` with a GET before it answers.
-pub async fn create_push_subscription(
-    http: &ProviderHttp,
-    urls: &ResolvedUrls,
-    credentials: &ClientCredentials,
-    callback_url: &str,
-    verify_token: &str,
-) -> Result<String, ProviderError> {
-    let request = http.post(urls.api_url("push_subscriptions")).form(&[
-        ("client_id", credentials.client_id.as_str()),
-        ("client_secret", credentials.client_secret.expose_secret()),
-        ("callback_url", callback_url),
-        ("verify_token", verify_token),
-    ]);
-    let body = super::json_answer(http, (SLUG, "create_subscription"), request, "subscription answer").await?;
-    super::id_text(body.get("id")).ok_or(ProviderError::BadAnswer("subscription answer without id"))
+/// Strava's push subscriptions (https://developers.strava.com/docs/webhooks/): one per app, validated
+/// by a GET that must echo `hub.challenge` for our verify token; events are not signed, so only
+/// events of the subscription recorded for the project are taken.
+#[async_trait]
+impl Webhooks for Strava {
+    fn handshake(&self, request: &WebhookRequest<'_>, keys: &WebhookKeys<'_>) -> Result<Value, WebhookError> {
+        let (Some("subscribe"), Some(challenge), Some(token)) =
+            (request.query("hub.mode"), request.query("hub.challenge"), request.query("hub.verify_token"))
+        else {
+            return Err(WebhookError::Rejected(
+                "expected hub.mode=subscribe, hub.challenge and hub.verify_token".into(),
+            ));
+        };
+        match keys.webhook_secret {
+            Some(secret) if constant_time_eq(secret.expose_secret(), token) => {
+                Ok(json!({ "hub.challenge": challenge }))
+            }
+            _ => Err(WebhookError::Rejected("the verify token does not match".into())),
+        }
+    }
+
+    fn receive(&self, request: &WebhookRequest<'_>, keys: &WebhookKeys<'_>) -> Result<Delivery, WebhookError> {
+        let event = StravaEvent::parse(request.body).map_err(WebhookError::Malformed)?;
+        let recorded = keys.subscription.and_then(|v| super::id_text(Some(v)));
+        if recorded.as_deref() != Some(event.subscription_id.to_string().as_str()) {
+            return Err(WebhookError::Rejected("unknown subscription_id".into()));
+        }
+        Ok(Delivery::Events(vec![InboundEvent {
+            dedup_key: event.dedup_key(),
+            event_type: event.event_type(),
+            remote_user_id: Some(event.owner_id.to_string()),
+            payload: String::from_utf8_lossy(request.body).into_owned(),
+        }]))
+    }
+
+    /// `POST /push_subscriptions`; Strava validates `callback_url` with a GET before it answers,
+    /// echoing the verify token (the project's webhook secret).
+    async fn subscribe(&self, http: &ProviderHttp, ctx: &SubscribeContext<'_>) -> Result<Subscription, ProviderError> {
+        let verify_token = ctx.webhook_secret.expose_secret();
+        let request = http.post(self.urls.api_url("push_subscriptions")).form(&[
+            ("client_id", ctx.credentials.client_id.as_str()),
+            ("client_secret", ctx.credentials.client_secret.expose_secret()),
+            ("callback_url", ctx.callback_url),
+            ("verify_token", verify_token),
+        ]);
+        let body = super::json_answer(http, (SLUG, "create_subscription"), request, "subscription answer").await?;
+        let id = super::id_text(body.get("id")).ok_or(ProviderError::BadAnswer("subscription answer without id"))?;
+        Ok(Subscription { record: Some(Value::String(id.clone())), id, webhook_secret: None })
+    }
 }
