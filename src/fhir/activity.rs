@@ -67,6 +67,10 @@ pub struct Measure {
     pub zero_is_missing: bool,
     /// Adds the PA IG's `PhysicalActivity` category (not for sleep).
     pub physical_activity: bool,
+    /// Category `vital-signs` instead of `activity` (R4 vital signs: SpO2, resting heart rate).
+    pub vital_sign: bool,
+    /// A second LOINC coding `(code, display)` (SpO2's 59408-5 beside 2708-6, as US Core does).
+    pub also_coded: Option<(&'static str, &'static str)>,
 }
 
 impl Measure {
@@ -99,6 +103,8 @@ const fn measure(
         max: range.1,
         zero_is_missing: true,
         physical_activity: true,
+        vital_sign: false,
+        also_coded: None,
     }
 }
 
@@ -142,6 +148,38 @@ pub const DAILY_STEPS: Measure = Measure {
 };
 pub const DAILY_ENERGY: Measure =
     measure("41979-6", "Calories burned in 24 hour Calculated", ("kcal/d", "kcal/day"), (0.0, 25_000.0));
+
+/// Distance covered in a day in metres (a code of ours, as for a session's [`DISTANCE`]).
+pub const DAILY_DISTANCE: Measure = Measure {
+    system: MeasureSystem::Wearlink,
+    zero_is_missing: false,
+    ..measure("daily-distance", "Distance covered in the day", ("m/d", "m/day"), (0.0, 1_000_000.0))
+};
+
+// Daily vital signs some wearables compute overnight.
+const fn vital(
+    code: &'static str,
+    display: &'static str,
+    unit: (&'static str, &'static str),
+    range: (f64, f64),
+) -> Measure {
+    Measure { physical_activity: false, vital_sign: true, ..measure(code, display, unit, range) }
+}
+/// LOINC 40443-4 "Heart rate --resting".
+pub const RESTING_HEART_RATE: Measure = vital("40443-4", "Heart rate --resting", PER_MINUTE, HEART_RATE);
+/// Oxygen saturation: 2708-6 is what the R4 vital-signs profile requires; 59408-5 (by pulse
+/// oximetry) beside it, as US Core does.
+pub const OXYGEN_SATURATION: Measure = Measure {
+    also_coded: Some(("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry")),
+    ..vital("2708-6", "Oxygen saturation in Arterial blood", ("%", "%"), (50.0, 100.0))
+};
+/// Heart rate variability as RMSSD in ms, a code of ours: wearables report RMSSD, and the one
+/// LOINC HRV code (80404-7) is the R-R interval's standard deviation (SDNN), another measure.
+pub const HRV_RMSSD: Measure = Measure {
+    system: MeasureSystem::Wearlink,
+    physical_activity: false,
+    ..measure("hrv-rmssd", "Heart rate variability (RMSSD)", ("ms", "ms"), (1.0, 500.0))
+};
 
 /// `effectivePeriod` / `performedPeriod` as FHIR dateTime strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,7 +332,7 @@ pub fn quantity_observation(
         "extension": [provider_extension(ctx)],
         "status": "final",
         "category": categories(m),
-        "code": { "coding": [{ "system": m.system_url(), "code": m.code, "display": m.display }], "text": m.display },
+        "code": { "coding": codings(m), "text": m.display },
         "effectivePeriod": observed.period.json(),
         "valueQuantity": { "value": json_number(value), "unit": m.unit_display, "system": UCUM, "code": m.unit }
     });
@@ -308,10 +346,19 @@ pub fn quantity_observation(
     Some(ctx.draft("Observation", observed.identifier_system, &identifier, body))
 }
 
-/// `observation-category#activity` always; the PA IG's `PhysicalActivity` for activity measures.
+fn codings(m: &Measure) -> Value {
+    let mut list = vec![json!({ "system": m.system_url(), "code": m.code, "display": m.display })];
+    if let Some((code, display)) = m.also_coded {
+        list.push(json!({ "system": LOINC, "code": code, "display": display }));
+    }
+    Value::Array(list)
+}
+
+/// `observation-category#activity` (or `#vital-signs`); the PA IG's `PhysicalActivity` for activity measures.
 fn categories(m: &Measure) -> Value {
+    let (code, display) = if m.vital_sign { ("vital-signs", "Vital Signs") } else { ("activity", "Activity") };
     let mut list = vec![json!({
-        "coding": [{ "system": OBSERVATION_CATEGORY, "code": "activity", "display": "Activity" }]
+        "coding": [{ "system": OBSERVATION_CATEGORY, "code": code, "display": display }]
     })];
     if m.physical_activity {
         list.push(json!({

@@ -223,6 +223,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Any other change to the configuration (sync policy, rate windows, …).
     pub tweak: fn(&mut Config),
+    /// More configuration variables (another provider stand-in's `WEARLINK_PROVIDER_<SLUG>_…`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -235,6 +237,7 @@ impl Default for Options {
             cache_ttl: wearlink::cache::DEFAULT_TTL,
             request_timeout: Duration::from_secs(30),
             tweak: |_| {},
+            env: Vec::new(),
         }
     }
 }
@@ -300,7 +303,8 @@ impl TestApp {
             .try_init();
         let stand_in = StandIn::start().await;
         let db = Arc::new(TestDatabase::create(backend).await);
-        let env: Vec<(String, String)> = stand_in.provider_env();
+        let mut env: Vec<(String, String)> = options.env.clone();
+        env.extend(stand_in.provider_env());
         let mut database_url = url::Url::parse(&db.url).unwrap();
         if let Some(via) = options.database_via {
             database_url.set_ip_host(via.ip()).unwrap();
@@ -392,6 +396,11 @@ impl TestApp {
             "strava" => (stand_in::STRAVA_CLIENT_ID, stand_in::STRAVA_CLIENT_SECRET),
             _ => (stand_in::POLAR_CLIENT_ID, stand_in::POLAR_CLIENT_SECRET),
         };
+        self.configure_with(provider, id, secret).await
+    }
+
+    /// Enables the provider and stores these client credentials for it.
+    pub async fn configure_with(&self, provider: &str, id: &str, secret: &str) {
         let key = format!("WEARABLE_{}_ENABLED", provider.to_uppercase());
         let admin = self.admin.clone();
         let (s, _) = self
