@@ -185,12 +185,14 @@ impl Config {
                 (&mut urls.token, "TOKEN_URL"),
                 (&mut urls.api, "API_URL"),
                 (&mut urls.revoke, "REVOKE_URL"),
+                (&mut urls.user, "USER_URL"),
             ] {
                 let name = format!("WEARLINK_PROVIDER_{upper}_{suffix}");
                 if let Some(value) = var(&name) {
                     *field = Some(parse_url(&name, &value)?);
                 }
             }
+            urls.signature_key = var(&format!("WEARLINK_PROVIDER_{upper}_SIGNATURE_KEY"));
             let window = format!("WEARLINK_PROVIDER_{upper}_RATE_WINDOW_SECS");
             if var(&window).is_some() {
                 urls.short_rate_window = Some(Duration::from_secs(parse_var(&var, &window, "900")?));

@@ -43,6 +43,12 @@ pub struct ProviderUrls {
     pub api: Option<Url>,
     /// Where access is revoked (Strava's deauthorize); providers that revoke through their API ignore it.
     pub revoke: Option<Url>,
+    /// Where the provider says who the user is, for providers whose token answer does not (Oura's
+    /// `personal_info`, WHOOP's profile, Garmin's user id, whose path differs between clients).
+    pub user: Option<Url>,
+    /// The provider's public key for payload signatures, where it signs with one (Google Health's
+    /// `X-HEALTHAPI-SIGNATURE`, ECDSA P-256; PEM); the check is skipped without it.
+    pub signature_key: Option<String>,
     /// The provider's short rate-limit window, where it is clock-aligned and not announced in
     /// headers (Strava's 15 minutes); shorter only to compress time in tests.
     pub short_rate_window: Option<std::time::Duration>,
