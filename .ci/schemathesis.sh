@@ -53,8 +53,10 @@ export WEARLINK_DATA_DIR=$WORK/data WEARLINK_BIND=127.0.0.1:$PORT WEARLINK_BASE_
 export WEARLINK_PROVIDER_TIMEOUT_MS=2000 RUST_LOG=${RUST_LOG:-warn}
 # Webhook endpoints registered by the run point at a closed loopback port (.ci/schemathesis.toml).
 export WEARLINK_ALLOW_LOOPBACK_TARGETS=1 WEARLINK_OUTBOUND_ALLOW_CIDRS=127.0.0.0/8
-for provider in STRAVA POLAR; do
-  for url in AUTHORIZE TOKEN API; do
+# Every provider, so no call of the run leaves the machine (checked against the document below).
+PROVIDERS="STRAVA POLAR OURA WHOOP GARMIN GOOGLE"
+for provider in $PROVIDERS; do
+  for url in AUTHORIZE TOKEN API REVOKE USER; do
     export "WEARLINK_PROVIDER_${provider}_${url}_URL=http://127.0.0.1:9/${url,,}"
   done
 done
@@ -71,6 +73,15 @@ for _ in range(100):
     except OSError:
         time.sleep(0.1)
 sys.exit("the server did not start")
+PY
+python3 - "$BASE/openapi.json" "$PROVIDERS" <<'PY'
+import json, sys, urllib.request
+doc = json.load(urllib.request.urlopen(sys.argv[1]))
+listed = {s.upper() for item in doc["paths"].values() for op in item.values() if isinstance(op, dict)
+          for p in op.get("parameters", []) if p.get("name") == "provider" for s in p["schema"].get("enum", [])}
+missing = listed - set(sys.argv[2].split())
+if missing:
+    sys.exit(f"PROVIDERS in .ci/schemathesis.sh lacks {sorted(missing)}: their calls would leave the machine")
 PY
 
 status=0

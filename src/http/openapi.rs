@@ -248,7 +248,23 @@ fn link_specs() -> Vec<LinkSpec> {
 pub fn to_json(doc: &OpenApi) -> Value {
     let mut json = serde_json::to_value(doc).expect("the OpenAPI document serializes");
     add_links(&mut json);
+    list_providers(&mut json);
     json
+}
+
+/// Every `{provider}` path parameter names the registered providers, so a client (and the fuzz
+/// run) sees which slugs exist; the list comes from the registry's, not from each handler.
+fn list_providers(doc: &mut Value) {
+    let slugs: Vec<Value> = crate::providers::SLUGS.iter().map(|s| Value::from(*s)).collect();
+    for item in doc["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut()) {
+        for op in item.as_object_mut().into_iter().flat_map(|methods| methods.values_mut()) {
+            for param in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+                if param["in"] == "path" && param["name"] == "provider" {
+                    param["schema"] = json!({ "type": "string", "enum": slugs });
+                }
+            }
+        }
+    }
 }
 
 fn add_links(doc: &mut Value) {

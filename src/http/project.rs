@@ -63,7 +63,7 @@ pub async fn get_settings(State(s): State<Arc<Services>>, principal: Principal) 
 
 /// Sets one setting (admin). Answers all settings.
 #[utoipa::path(put, path = "/v1/project/settings/{key}", tag = "project", security(("bearer" = ["admin"])),
-    params(("key" = String, Path, description = "WEARABLE_STRAVA_ENABLED, WEARABLE_POLAR_ENABLED or WEARABLE_REDIRECT_ALLOWLIST")),
+    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_ENABLED (one per provider), WEARABLE_REDIRECT_ALLOWLIST, WEARABLE_BACKFILL_DAYS or WEARABLE_CONNECT_FRAME_ANCESTORS")),
     request_body = SettingBody,
     responses((status = 200, body = SettingsResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn put_setting(

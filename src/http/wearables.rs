@@ -92,7 +92,7 @@ fn no_store(mut response: Response) -> Response {
 
 /// Start a wearable OAuth flow: answers the provider authorization URL to send the user to.
 #[utoipa::path(post, path = "/v1/wearables/{provider}/connect", tag = "wearables", security(("bearer" = [])),
-    params(("provider" = String, Path, description = "strava or polar")),
+    params(("provider" = String, Path, description = "a provider slug (the enum lists them)")),
     request_body = ConnectBody,
     responses((status = 200, body = ConnectResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn connect(
