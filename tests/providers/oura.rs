@@ -464,6 +464,7 @@ crate::provider_stories!(crate::oura::OuraCase::start();
     refresh_rotates_and_a_dead_grant_marks_the_connection_error,
     disconnect_revokes_upstream,
     webhook_signatures_are_checked_and_events_stored_once,
+    two_instances_racing_refresh_it_once,
     backfill_and_webhook_data_arrive_as_valid_r4,
 );
 

@@ -381,3 +381,23 @@ pub async fn backfill_and_webhook_data_arrive_as_valid_r4(case: &dyn Case, backe
         validator.validate_all(&all).await.unwrap_or_else(|e| panic!("invalid R4: {e}"));
     }
 }
+
+/// Two instances refresh the same expiring connection at once: the provider sees one refresh
+/// (a rotating refresh token used twice would kill the grant), and the connection stays active.
+pub async fn two_instances_racing_refresh_it_once(case: &dyn Case, backend: Backend) {
+    let app = app_for(case, backend).await;
+    case.expire_soon();
+    let (_, endpoint_id, user) = connected(case, &app).await;
+    let (_, second) = app.second_instance().await;
+    let now = now_ms();
+    let (a, b) = tokio::join!(refresh_due(&app.services, now), refresh_due(&second, now));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.refreshed + b.refreshed, 1, "{a:?} {b:?}");
+    assert_eq!(case.refreshes(&user), 1);
+    assert_eq!(connection(&app, &endpoint_id).await["status"], "active");
+    // The token the winner stored is the one that works: the platform reads it without a refresh.
+    let (status, body) =
+        app.send("POST", &format!("/v1/wearables/connections/{endpoint_id}/token"), Some(&app.admin.clone()), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(case.issued_tokens().iter().any(|t| body["accessToken"] == t.as_str()), "{body}");
+}
