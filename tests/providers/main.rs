@@ -9,3 +9,4 @@
 mod support;
 
 mod stories;
+mod whoop;
