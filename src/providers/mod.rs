@@ -23,6 +23,7 @@ pub mod oura;
 pub mod polar;
 pub mod strava;
 pub mod webhook;
+pub mod whoop;
 
 pub use data::DataSource;
 pub use webhook::Webhooks;
@@ -33,7 +34,7 @@ pub use strava::{Strava, StravaEvent};
 pub use polar::verify_signature as verify_polar_signature;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
-pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG, oura::SLUG];
+pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG];
 
 /// Overrides of a provider's URLs; `None` keeps the provider's public default.
 #[derive(Clone, Debug, Default)]
@@ -244,6 +245,7 @@ impl Registry {
             Arc::new(Strava::new(overrides.get(strava::SLUG))),
             Arc::new(Polar::new(overrides.get(polar::SLUG))),
             Arc::new(oura::Oura::new(overrides.get(oura::SLUG))),
+            Arc::new(whoop::Whoop::new(overrides.get(whoop::SLUG))),
         ];
         Self { providers: all.into_iter().map(|p| (p.slug(), p)).collect() }
     }

@@ -10,3 +10,4 @@ mod support;
 
 mod oura;
 mod stories;
+mod whoop;

@@ -396,8 +396,9 @@ pub async fn two_instances_racing_refresh_it_once(case: &dyn Case, backend: Back
     assert_eq!(case.refreshes(&user), 1);
     assert_eq!(connection(&app, &endpoint_id).await["status"], "active");
     // The token the winner stored is the one that works: the platform reads it without a refresh.
-    let (status, body) =
-        app.send("POST", &format!("/v1/wearables/connections/{endpoint_id}/token"), Some(&app.admin.clone()), None).await;
+    let (status, body) = app
+        .send("POST", &format!("/v1/wearables/connections/{endpoint_id}/token"), Some(&app.admin.clone()), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(case.issued_tokens().iter().any(|t| body["accessToken"] == t.as_str()), "{body}");
 }
