@@ -65,6 +65,9 @@ struct Inner {
     /// The subscriber creation requests: (path, query, body) and the verification answers.
     subscribers: Vec<SubscriberRequest>,
     list_calls: Vec<HashMap<String, String>>,
+    /// Steps per user and civil day (`YYYY-MM-DD`).
+    steps: HashMap<String, HashMap<String, u64>>,
+    rollup_calls: Vec<(String, Value)>,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,7 @@ impl GoogleStandIn {
             .route("/v4/users/me/identity", get(identity))
             .route("/v4/users/me/dataTypes/{data_type}/dataPoints", get(list_points))
             .route("/v4/users/me/dataTypes/{data_type}/dataPoints/{id}", get(get_point))
+            .route("/v4/users/me/dataTypes/{data_type}/{method}", post(daily_roll_up))
             .route("/v4/projects/{project}/subscribers", post(create_subscriber))
             .with_state(stand_in.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -340,6 +344,57 @@ async fn get_point(
         Some((id, st, m)) => Json(exercise_point(&user, id, *st, *m)).into_response(),
         None => google_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Data point not found"),
     }
+}
+
+/// `POST …/dataTypes/{type}/dataPoints:dailyRollUp` (axum sees `dataPoints:dailyRollUp` as one
+/// segment): one rollup data point per civil day of `[range.start, range.end)`, days
+/// without data left out; ranges over 14 days (total-calories) or 90 days refused.
+async fn daily_roll_up(
+    State(s): State<GoogleStandIn>,
+    Path((data_type, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if method != "dataPoints:dailyRollUp" {
+        return google_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Method not found");
+    }
+    let Some((user, _)) = s.bearer(&headers) else {
+        return google_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+        );
+    };
+    let date = |v: &Value| {
+        let d = &v["date"];
+        chrono::NaiveDate::from_ymd_opt(
+            d["year"].as_i64()? as i32,
+            d["month"].as_u64()? as u32,
+            d["day"].as_u64()? as u32,
+        )
+    };
+    let (Some(start), Some(end)) = (date(&body["range"]["start"]), date(&body["range"]["end"])) else {
+        return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "range is required");
+    };
+    let max = if data_type == "total-calories" { 14 } else { 90 };
+    if end <= start || (end - start).num_days() > max {
+        return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "range too long");
+    }
+    let mut inner = s.inner.lock().unwrap();
+    inner.rollup_calls.push((data_type.clone(), body.clone()));
+    let civil = |d: chrono::NaiveDate| json!({"date": {"year": chrono::Datelike::year(&d), "month": chrono::Datelike::month(&d), "day": chrono::Datelike::day(&d)}});
+    let mut points = Vec::new();
+    if data_type == "steps" {
+        let mut day = start;
+        while day < end {
+            if let Some(count) = inner.steps.get(&user).and_then(|d| d.get(&day.format("%Y-%m-%d").to_string())) {
+                let next = day.succ_opt().unwrap();
+                points.push(json!({"civilStartTime": civil(day), "civilEndTime": civil(next), "steps": {"countSum": count.to_string()}}));
+            }
+            day = day.succ_opt().unwrap();
+        }
+    }
+    Json(json!({"rollupDataPoints": points})).into_response()
 }
 
 /// projects.subscribers.create: verifies `endpointUri` with two POSTs of `{"type":"verification"}`
@@ -593,6 +648,51 @@ async fn signatures_are_checked_when_a_key_is_configured(backend: Backend) {
     assert_eq!(status, S::CREATED);
 }
 
+/// Daily steps come from dailyRollUp, one Observation per civil day, valid R4, in ranges Google
+/// accepts; a steps notification re-reads its day.
+async fn daily_steps_are_rolled_up_per_day(backend: Backend) {
+    let case = GoogleCase::start().await;
+    let app = app_for(&case, backend).await;
+    let patient = app.create_patient().await;
+    let (status, started) = app.connect("google", json!({"patientId": patient})).await;
+    assert_eq!(status, S::OK);
+    let back = case.approve(started["authorizationUrl"].as_str().unwrap()).await;
+    let user = case.last_user();
+    let day = |ago: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now_ms() - ago * 86_400_000)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    case.stand_in.inner.lock().unwrap().steps.entry(user.clone()).or_default().extend([(day(2), 8500), (day(1), 0)]);
+    let (status, _, page) = app.callback(&back).await;
+    assert_eq!(status, S::OK, "{page}");
+    stories::sync_all(&app).await;
+    let steps = stories::search(&app, &format!("Observation?patient=Patient/{patient}&code=41950-7")).await;
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    let two_days_ago = steps.iter().find(|o| o["effectivePeriod"]["start"] == day(2).as_str()).expect("the day");
+    assert_eq!(two_days_ago["valueQuantity"]["value"], 8500);
+    assert_eq!(two_days_ago["identifier"][0]["value"], format!("{user}:{}:41950-7", day(2)));
+    let calls = case.stand_in.inner.lock().unwrap().rollup_calls.clone();
+    assert!(calls.iter().any(|(t, _)| t == "total-calories"), "{calls:?}");
+    assert!(calls.iter().all(|(_, b)| b["windowSizeDays"] == 1));
+
+    // Today's steps change: the notification for today re-reads today only.
+    case.stand_in.inner.lock().unwrap().steps.get_mut(&user).unwrap().insert(day(0), 1234);
+    let now = now_ms();
+    let mut body = GoogleCase::notification(&user, now - 600_000, now);
+    body["dataType"] = json!("steps");
+    let delivery = Delivery::post_json(vec![("authorization".into(), format!("Bearer {WEBHOOK_SECRET}"))], &body);
+    let (status, answer) = deliver(&app, "google", &delivery).await;
+    assert_eq!(status, S::OK, "{answer}");
+    stories::sync_all(&app).await;
+    let steps = stories::search(&app, &format!("Observation?patient=Patient/{patient}&code=41950-7")).await;
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    if let Some(validator) = crate::support::FhirPartner::start().await {
+        validator.validate_all(&steps).await.unwrap_or_else(|e| panic!("invalid R4: {e}"));
+    }
+}
+
 /// The authorize URL carries access_type=offline and prompt=consent (no refresh token otherwise).
 async fn the_authorize_url_asks_for_offline_access_and_consent(backend: Backend) {
     let case = GoogleCase::start().await;
@@ -652,4 +752,5 @@ crate::on_both_backends!(
     the_authorize_url_asks_for_offline_access_and_consent,
     fewer_granted_scopes_are_recorded_as_granted,
     exercise_backfill_pages_by_25_with_a_start_time_filter,
+    daily_steps_are_rolled_up_per_day,
 );

@@ -19,6 +19,10 @@ pub const SLEEP: &str = "sleep";
 pub const DAILY_RESTING_HEART_RATE: &str = "daily-resting-heart-rate";
 pub const DAILY_HRV: &str = "daily-heart-rate-variability";
 pub const DAILY_SPO2: &str = "daily-oxygen-saturation";
+pub const STEPS: &str = "steps";
+pub const DISTANCE: &str = "distance";
+pub const TOTAL_CALORIES: &str = "total-calories";
+const DAY_MS: i64 = 86_400_000;
 
 /// Sessions: at most 25 a page (Google's limit for exercise and sleep, spec ◐).
 const SESSION_PAGE: usize = 25;
@@ -58,11 +62,64 @@ pub fn filter(data_type: &str, range: TimeRange) -> String {
 
 /// A data point's object: its type and id (the point's id; a daily point's day).
 fn object_of(data_type: &str, point: &Value) -> Option<ObjectRef> {
-    let id = match mapping::daily_type(data_type) {
-        Some(daily) => mapping::daily_day(daily, point)?,
-        None => mapping::point_id(point)?,
+    let id = match (mapping::daily_type(data_type), mapping::rollup_type(data_type)) {
+        (Some(daily), _) => mapping::daily_day(daily, point)?,
+        (None, Some(_)) => mapping::rollup_day(point)?.format("%Y-%m-%d").to_string(),
+        (None, None) => mapping::point_id(point)?,
     };
     Some(ObjectRef { kind: data_type.to_string(), id, url: None })
+}
+
+/// A UTC day as a CivilDateTime (`{date: {year, month, day}}`, midnight).
+fn civil(ms: i64) -> Value {
+    let d = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).unwrap_or_default().date_naive();
+    serde_json::json!({"date": {"year": chrono::Datelike::year(&d), "month": chrono::Datelike::month(&d), "day": chrono::Datelike::day(&d)}})
+}
+
+/// One request of daily totals: `POST /v4/users/me/dataTypes/{type}/dataPoints:dailyRollUp`
+/// `{range: {start, end}, windowSizeDays: 1, pageSize, pageToken}` (developers.google.com/health/
+/// reference/rest/v4/users.dataTypes.dataPoints/dailyRollUp). The range is whole days,
+/// closed-open, at most `max_days` (14 for total-calories, 90 otherwise): a longer range is
+/// walked in chunks, the cursor `{chunk: <day ms>, pageToken?}` saying where.
+async fn list_rollup(
+    api: &DataApi<'_>,
+    rollup: &mapping::Rollup,
+    range: TimeRange,
+    cursor: Option<&Value>,
+) -> Result<Page, DataError> {
+    let first_day = range.from.div_euclid(DAY_MS) * DAY_MS;
+    let last_day = (range.to - 1).div_euclid(DAY_MS) * DAY_MS + DAY_MS;
+    let chunk = cursor.and_then(|c| c.get("chunk")).and_then(Value::as_i64).unwrap_or(first_day).max(first_day);
+    let chunk_end = (chunk + rollup.max_days * DAY_MS).min(last_day);
+    let mut body = serde_json::json!({
+        "range": {"start": civil(chunk), "end": civil(chunk_end)},
+        "windowSizeDays": 1,
+        "pageSize": rollup.max_days
+    });
+    let token = page_token(cursor.and_then(|c| c.get("pageToken")));
+    if let Some(token) = &token {
+        body["pageToken"] = Value::String(token.clone());
+    }
+    let url = api.url(&format!("v4/users/me/dataTypes/{}/dataPoints:dailyRollUp", rollup.data_type));
+    let answer = api.post_json(&url, &body).await?.unwrap_or(Value::Null);
+    // `rollupDataPoints` ✖ (the response's field name is not in the pages found): else the
+    // answer's first array.
+    let points = answer
+        .get("rollupDataPoints")
+        .and_then(Value::as_array)
+        .or_else(|| answer.as_object().and_then(|m| m.values().find_map(Value::as_array)))
+        .cloned()
+        .unwrap_or_default();
+    let items = points
+        .into_iter()
+        .filter_map(|point| Some(Item { object: object_of(rollup.data_type, &point)?, data: Some(point) }))
+        .collect();
+    let next = match answer.get("nextPageToken").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+        Some(t) => Some(serde_json::json!({"chunk": chunk, "pageToken": t})),
+        None if chunk_end < last_day => Some(serde_json::json!({"chunk": chunk_end})),
+        None => None,
+    };
+    Ok(Page { items, next })
 }
 
 fn page_token(cursor: Option<&Value>) -> Option<String> {
@@ -73,7 +130,7 @@ fn page_token(cursor: Option<&Value>) -> Option<String> {
 #[async_trait]
 impl DataSource for Google {
     fn streams(&self) -> &'static [&'static str] {
-        &[EXERCISE, SLEEP, DAILY_RESTING_HEART_RATE, DAILY_HRV, DAILY_SPO2]
+        &[EXERCISE, SLEEP, STEPS, DISTANCE, TOTAL_CALORIES, DAILY_RESTING_HEART_RATE, DAILY_HRV, DAILY_SPO2]
     }
 
     async fn list(
@@ -85,6 +142,9 @@ impl DataSource for Google {
     ) -> Result<Page, DataError> {
         if !self.streams().contains(&stream) {
             return Err(DataError::Refused(format!("{stream} is not a synced Google data type")));
+        }
+        if let Some(rollup) = mapping::rollup_type(stream) {
+            return list_rollup(api, rollup, range, cursor).await;
         }
         let size = if mapping::daily_type(stream).is_some() { DAILY_PAGE } else { SESSION_PAGE };
         let mut query = vec![("pageSize", size.to_string()), ("filter", filter(stream, range))];
@@ -117,7 +177,7 @@ impl DataSource for Google {
         if !self.streams().contains(&object.kind.as_str()) || !safe(&object.id) {
             return Err(DataError::Refused("unexpected Google data point".into()));
         }
-        if mapping::daily_type(&object.kind).is_none() {
+        if mapping::daily_type(&object.kind).is_none() && mapping::rollup_type(&object.kind).is_none() {
             let url = api.url(&format!("v4/users/me/dataTypes/{}/dataPoints/{}", object.kind, object.id));
             return api.get_json(&url, &[]).await;
         }
@@ -173,9 +233,10 @@ impl DataSource for Google {
         match object.kind.as_str() {
             EXERCISE => mapping::map_exercise(ctx, data),
             SLEEP => mapping::map_sleep(ctx, data),
-            kind => match mapping::daily_type(kind) {
-                Some(daily) => mapping::map_daily(ctx, daily, data),
-                None => Err(MapError(format!("{kind} is not a synced Google data type"))),
+            kind => match (mapping::daily_type(kind), mapping::rollup_type(kind)) {
+                (Some(daily), _) => mapping::map_daily(ctx, daily, data),
+                (None, Some(rollup)) => mapping::map_rollup(ctx, rollup, data),
+                (None, None) => Err(MapError(format!("{kind} is not a synced Google data type"))),
             },
         }
     }

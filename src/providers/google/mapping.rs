@@ -16,8 +16,9 @@ use serde_json::Value;
 
 use crate::fhir::activity::{
     end_after, exercise_session, parse_instant, quantity_observations, seconds_to_minutes, text, FhirPeriod, Measure,
-    Observed, Session, DISTANCE, ENERGY, EXERCISE_DURATION, HEART_RATE_MEAN, HRV_RMSSD, MAX_SESSION_SECONDS,
-    MAX_SLEEP_SECONDS, OXYGEN_SATURATION, RESTING_HEART_RATE, SLEEP_DEEP, SLEEP_DURATION, SLEEP_LIGHT, SLEEP_REM,
+    Observed, Session, DAILY_DISTANCE, DAILY_ENERGY, DAILY_STEPS, DISTANCE, ENERGY, EXERCISE_DURATION, HEART_RATE_MEAN,
+    HRV_RMSSD, MAX_SESSION_SECONDS, MAX_SLEEP_SECONDS, OXYGEN_SATURATION, RESTING_HEART_RATE, SLEEP_DEEP,
+    SLEEP_DURATION, SLEEP_LIGHT, SLEEP_REM,
 };
 use crate::fhir::{MapContext, MapError, ResourceDraft};
 
@@ -231,6 +232,67 @@ pub fn map_daily(ctx: &MapContext, daily: &Daily, point: &Value) -> Result<Vec<R
     Ok(quantity_observations(ctx, &observed, &[(daily.measure, value)]))
 }
 
+/// A data type Wearlink reads as daily totals through `dataPoints:dailyRollUp` (one rollup data
+/// point per civil day: `{civilStartTime, civilEndTime, <type in camelCase>: {<sum>}}`).
+pub struct Rollup {
+    pub data_type: &'static str,
+    pub field: &'static str,
+    pub measure: &'static Measure,
+    /// The sum's field and the factor to the measure's unit.
+    pub sum: (&'static str, f64),
+    /// dailyRollUp's longest range for the type (14 days for total-calories, 90 for others).
+    pub max_days: i64,
+}
+
+pub const ROLLUP_TYPES: &[Rollup] = &[
+    // StepsRollupValue `{countSum}` (developers.google.com/health/reference/rest/v4/StepsRollupValue).
+    Rollup { data_type: "steps", field: "steps", measure: &DAILY_STEPS, sum: ("countSum", 1.0), max_days: 90 },
+    // ✖ `millimetersSum` by analogy with the data point's `distanceMillimeters`: mm → m.
+    Rollup {
+        data_type: "distance",
+        field: "distance",
+        measure: &DAILY_DISTANCE,
+        sum: ("millimetersSum", 0.001),
+        max_days: 90,
+    },
+    // ✖ `kcalSum` by analogy with `caloriesKcal`.
+    Rollup {
+        data_type: "total-calories",
+        field: "totalCalories",
+        measure: &DAILY_ENERGY,
+        sum: ("kcalSum", 1.0),
+        max_days: 14,
+    },
+];
+
+pub fn rollup_type(data_type: &str) -> Option<&'static Rollup> {
+    ROLLUP_TYPES.iter().find(|r| r.data_type == data_type)
+}
+
+/// The civil day a rollup data point starts on.
+pub fn rollup_day(point: &Value) -> Option<NaiveDate> {
+    civil_date(point.get("civilStartTime")?.get("date"))
+}
+
+/// One day's total (steps, distance in m, kcal) for the user's civil day.
+pub fn map_rollup(ctx: &MapContext, rollup: &Rollup, point: &Value) -> Result<Vec<ResourceDraft>, MapError> {
+    let user = remote_user(ctx)?;
+    let date = rollup_day(point)
+        .ok_or_else(|| MapError(format!("Google {} rollup without a civil start date", rollup.data_type)))?;
+    let value = num(point.get(rollup.field).and_then(|v| v.get(rollup.sum.0))).map(|v| v * rollup.sum.1);
+    let value = value.map(|v| (v * 100.0).round() / 100.0);
+    let period = FhirPeriod::day(date);
+    let prefix = format!("{user}:{}", date.format("%Y-%m-%d"));
+    let observed = Observed {
+        identifier_system: DAILY_SYSTEM,
+        identifier_prefix: &prefix,
+        period: &period,
+        part_of: None,
+        device: None,
+    };
+    Ok(quantity_observations(ctx, &observed, &[(rollup.measure, value)]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +464,37 @@ mod tests {
     }
 
     #[test]
+    fn daily_rollups_are_totals_of_the_day() {
+        let day = json!({"year": 2026, "month": 11, "day": 20});
+        let point = |field: &str, value: Value| json!({"civilStartTime": {"date": day}, "civilEndTime": {"date": {"year": 2026, "month": 11, "day": 21}}, field: value});
+        let steps = map_rollup(&ctx("p1"), rollup_type("steps").unwrap(), &point("steps", json!({"countSum": "8500"})))
+            .unwrap();
+        assert_eq!(steps[0].identifier_value, "NGL8Q2:2026-11-20:41950-7");
+        assert_eq!(
+            steps[0].body["valueQuantity"],
+            json!({"value": 8500, "unit": "steps/day", "system": UCUM, "code": "/d"})
+        );
+        assert_eq!(steps[0].body["effectivePeriod"], json!({"start": "2026-11-20", "end": "2026-11-20"}));
+        let distance = map_rollup(
+            &ctx("p1"),
+            rollup_type("distance").unwrap(),
+            &point("distance", json!({"millimetersSum": "6123456"})),
+        )
+        .unwrap();
+        assert_eq!(distance[0].body["valueQuantity"]["value"], json!(6123.46));
+        assert_eq!(distance[0].body["valueQuantity"]["code"], "m/d");
+        let kcal = map_rollup(
+            &ctx("p1"),
+            rollup_type("total-calories").unwrap(),
+            &point("totalCalories", json!({"kcalSum": 2150.4})),
+        )
+        .unwrap();
+        assert_eq!(kcal[0].body["code"]["coding"][0]["code"], "41979-6");
+        assert_eq!(kcal[0].body["valueQuantity"]["value"], json!(2150.4));
+        assert!(map_rollup(&ctx("p1"), rollup_type("steps").unwrap(), &json!({"steps": {"countSum": "1"}})).is_err());
+    }
+
+    #[test]
     fn ids_are_stable_and_scoped_to_project_and_user() {
         let a = map_exercise(&ctx("p1"), &exercise()).unwrap();
         assert_eq!(a, map_exercise(&ctx("p1"), &exercise()).unwrap());
@@ -420,6 +513,9 @@ mod tests {
             let _ = map_sleep(&ctx("p1"), &value);
             for daily in DAILY_TYPES {
                 let _ = map_daily(&ctx("p1"), daily, &value);
+            }
+            for rollup in ROLLUP_TYPES {
+                let _ = map_rollup(&ctx("p1"), rollup, &value);
             }
         }
 
