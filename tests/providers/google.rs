@@ -68,6 +68,8 @@ struct Inner {
     /// Steps per user and civil day (`YYYY-MM-DD`).
     steps: HashMap<String, HashMap<String, u64>>,
     rollup_calls: Vec<(String, Value)>,
+    /// Refreshes answer 401 `unauthorized_client` (the OAuth client was deleted at Google).
+    refresh_unauthorized: bool,
 }
 
 #[derive(Clone)]
@@ -193,6 +195,7 @@ async fn token(State(s): State<GoogleStandIn>, Form(form): Form<HashMap<String, 
                 "scope": grant.scopes.join(" "), "token_type": "Bearer"}))
             .into_response()
         }
+        "refresh_token" if inner.refresh_unauthorized => oauth_error(StatusCode::UNAUTHORIZED, "unauthorized_client"),
         "refresh_token" => {
             let Some(user) = inner.refresh.get(&field("refresh_token")).cloned() else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
@@ -693,6 +696,24 @@ async fn daily_steps_are_rolled_up_per_day(backend: Backend) {
     }
 }
 
+/// Google's refresh answers no new refresh token (the one on file keeps working), and a 401 on
+/// refresh (the OAuth client is gone) is a dead grant like `invalid_grant`.
+async fn refresh_keeps_the_refresh_token_and_a_401_is_a_dead_grant(backend: Backend) {
+    let case = GoogleCase::start().await;
+    let app = app_for(&case, backend).await;
+    case.expire_soon();
+    let (_, endpoint_id, user) = connected(&case, &app).await;
+    for i in 1..=3 {
+        let report = wearlink::connections::refresh_due(&app.services, now_ms() + i * 120_000).await.unwrap();
+        assert_eq!(report.refreshed, 1, "{report:?}");
+    }
+    assert_eq!(case.refreshes(&user), 3);
+    case.stand_in.inner.lock().unwrap().refresh_unauthorized = true;
+    let report = wearlink::connections::refresh_due(&app.services, now_ms() + 600_000).await.unwrap();
+    assert_eq!(report.invalid, 1, "{report:?}");
+    assert_eq!(stories::connection(&app, &endpoint_id).await["status"], "error");
+}
+
 /// The authorize URL carries access_type=offline and prompt=consent (no refresh token otherwise).
 async fn the_authorize_url_asks_for_offline_access_and_consent(backend: Backend) {
     let case = GoogleCase::start().await;
@@ -753,4 +774,5 @@ crate::on_both_backends!(
     fewer_granted_scopes_are_recorded_as_granted,
     exercise_backfill_pages_by_25_with_a_start_time_filter,
     daily_steps_are_rolled_up_per_day,
+    refresh_keeps_the_refresh_token_and_a_401_is_a_dead_grant,
 );

@@ -240,7 +240,9 @@ impl Provider for Google {
         }
     }
 
-    /// `POST https://oauth2.googleapis.com/revoke?token=…` (form-encoded, as Google documents).
+    /// `POST https://oauth2.googleapis.com/revoke` with `token` (Google documents it as
+    /// `?token=…` and accepts the same parameter form-encoded in the body; the body keeps the
+    /// token out of proxies' and servers' URL logs).
     /// Wearlink keeps only the access token for a revocation; revoking it revokes the refresh
     /// token of the same grant too (Google: "If the token is an access token and it has a
     /// corresponding refresh token, the refresh token will also be revoked"). 200 is done; 400
