@@ -68,6 +68,9 @@ struct Inner {
     /// Steps per user and civil day (`YYYY-MM-DD`).
     steps: HashMap<String, HashMap<String, u64>>,
     rollup_calls: Vec<(String, Value)>,
+    /// Other data points per (user, data type), as Google would list them (sleep by start time,
+    /// daily types by date).
+    points: HashMap<(String, String), Vec<(i64, Value)>>,
     /// Refreshes answer 401 `unauthorized_client` (the OAuth client was deleted at Google).
     refresh_unauthorized: bool,
 }
@@ -302,10 +305,25 @@ async fn list_points(
             "Request had insufficient authentication scopes.",
         );
     }
-    if data_type != "exercise" {
-        return Json(json!({})).into_response();
-    }
     let filter = q.get("filter").cloned().unwrap_or_default();
+    if data_type != "exercise" {
+        let field = data_type.replace('-', "_");
+        let range = if data_type == "sleep" {
+            bounds(&filter, "sleep.interval.start_time")
+        } else {
+            filter.contains(&format!("{field}.date >= \"")).then_some((i64::MIN, i64::MAX))
+        };
+        let Some((from, to)) = range else {
+            return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Invalid filter");
+        };
+        let inner = s.inner.lock().unwrap();
+        let points: Vec<Value> = inner
+            .points
+            .get(&(user, data_type))
+            .map(|v| v.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, p)| p.clone()).collect())
+            .unwrap_or_default();
+        return Json(if points.is_empty() { json!({}) } else { json!({"dataPoints": points}) }).into_response();
+    }
     let Some((from, to)) = bounds(&filter, "exercise.interval.start_time") else {
         return google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Invalid filter");
     };
@@ -714,6 +732,53 @@ async fn refresh_keeps_the_refresh_token_and_a_401_is_a_dead_grant(backend: Back
     assert_eq!(stories::connection(&app, &endpoint_id).await["status"], "error");
 }
 
+/// A night and a day's resting heart rate are backfilled through dataPoints.list as valid R4.
+async fn sleep_and_daily_vitals_are_backfilled_as_valid_r4(backend: Backend) {
+    let case = GoogleCase::start().await;
+    let app = app_for(&case, backend).await;
+    let patient = app.create_patient().await;
+    let (status, started) = app.connect("google", json!({"patientId": patient})).await;
+    assert_eq!(status, S::OK);
+    let back = case.approve(started["authorizationUrl"].as_str().unwrap()).await;
+    let user = case.last_user();
+    let start = now_ms() - 2 * 86_400_000;
+    let at = |ms: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let night = json!({"name": format!("users/{user}/dataTypes/sleep/dataPoints/4411"), "sleep": {
+        "interval": {"startTime": at(start), "startUtcOffset": "-18000s", "endTime": at(start + 7 * 3_600_000), "endUtcOffset": "-18000s"},
+        "type": "STAGES", "summary": {"minutesAsleep": "390", "stagesSummary": [
+            {"type": "DEEP", "minutes": "80"}, {"type": "LIGHT", "minutes": "230"}, {"type": "REM", "minutes": "80"},
+            {"type": "AWAKE", "minutes": "30"}]}}});
+    let day = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(start).unwrap().date_naive();
+    let rhr = json!({"name": format!("users/{user}/dataTypes/daily-resting-heart-rate/dataPoints/d1"),
+        "dailyRestingHeartRate": {"date": {"year": chrono::Datelike::year(&day), "month": chrono::Datelike::month(&day),
+            "day": chrono::Datelike::day(&day)}, "beatsPerMinute": "57"}});
+    {
+        let mut inner = case.stand_in.inner.lock().unwrap();
+        inner.points.insert((user.clone(), "sleep".into()), vec![(start, night)]);
+        inner.points.insert((user.clone(), "daily-resting-heart-rate".into()), vec![(start, rhr)]);
+    }
+    let (status, _, page) = app.callback(&back).await;
+    assert_eq!(status, S::OK, "{page}");
+    stories::sync_all(&app).await;
+    let observations = stories::search(&app, &format!("Observation?patient=Patient/{patient}&_count=50")).await;
+    let code = |c: &str| observations.iter().find(|o| o["code"]["coding"][0]["code"] == c).cloned();
+    let sleep = code("93832-4").expect("sleep duration");
+    assert_eq!(sleep["valueQuantity"]["value"], 390);
+    assert!(sleep["effectivePeriod"]["start"].as_str().unwrap().ends_with("-05:00"), "{sleep}");
+    assert_eq!(code("93831-6").expect("deep")["valueQuantity"]["value"], 80);
+    let resting = code("40443-4").expect("resting heart rate");
+    assert_eq!(resting["valueQuantity"]["value"], 57);
+    assert_eq!(resting["effectivePeriod"]["start"], day.format("%Y-%m-%d").to_string());
+    assert_eq!(observations.len(), 5, "{observations:?}");
+    if let Some(validator) = crate::support::FhirPartner::start().await {
+        validator.validate_all(&observations).await.unwrap_or_else(|e| panic!("invalid R4: {e}"));
+    }
+}
+
 /// The authorize URL carries access_type=offline and prompt=consent (no refresh token otherwise).
 async fn the_authorize_url_asks_for_offline_access_and_consent(backend: Backend) {
     let case = GoogleCase::start().await;
@@ -775,4 +840,5 @@ crate::on_both_backends!(
     exercise_backfill_pages_by_25_with_a_start_time_filter,
     daily_steps_are_rolled_up_per_day,
     refresh_keeps_the_refresh_token_and_a_401_is_a_dead_grant,
+    sleep_and_daily_vitals_are_backfilled_as_valid_r4,
 );
