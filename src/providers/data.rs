@@ -161,12 +161,22 @@ impl<'a> DataApi<'a> {
         if !is_under(url, self.base) {
             return Err(DataError::Refused("URL outside the provider's API base".into()));
         }
-        let request = self
-            .http
-            .get(url)
-            .query(query)
-            .bearer_auth(self.token.expose_secret())
-            .header(reqwest::header::ACCEPT, "application/json");
+        let request = self.http.get(url).query(query);
+        self.send_json(request).await
+    }
+
+    /// POSTs a JSON body with the bearer token and reads the answer as `get_json` does (read-only
+    /// query methods that take a body, as Google Health's `dataPoints:dailyRollUp`).
+    pub async fn post_json(&self, url: &str, body: &Value) -> Result<Option<Value>, DataError> {
+        if !is_under(url, self.base) {
+            return Err(DataError::Refused("URL outside the provider's API base".into()));
+        }
+        self.send_json(self.http.post(url).json(body)).await
+    }
+
+    async fn send_json(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, DataError> {
+        let request =
+            request.bearer_auth(self.token.expose_secret()).header(reqwest::header::ACCEPT, "application/json");
         let (provider, operation) = self.call;
         let response = self.http.send(provider, operation, request).await.map_err(|_| DataError::Unreachable)?;
         let status = response.status();

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod google;
 mod oura;
 mod stories;
 mod whoop;
