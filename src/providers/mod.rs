@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub mod data;
+pub mod garmin;
 pub mod polar;
 pub mod strava;
 pub mod webhook;
@@ -32,7 +33,7 @@ pub use strava::{Strava, StravaEvent};
 pub use polar::verify_signature as verify_polar_signature;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
-pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG];
+pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG, garmin::SLUG];
 
 /// Overrides of a provider's URLs; `None` keeps the provider's public default.
 #[derive(Clone, Debug, Default)]
@@ -239,8 +240,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(overrides: &HashMap<String, ProviderUrls>) -> Self {
-        let all: Vec<Arc<dyn Provider>> =
+        let mut all: Vec<Arc<dyn Provider>> =
             vec![Arc::new(Strava::new(overrides.get(strava::SLUG))), Arc::new(Polar::new(overrides.get(polar::SLUG)))];
+        all.push(Arc::new(garmin::Garmin::new(overrides.get(garmin::SLUG))));
         Self { providers: all.into_iter().map(|p| (p.slug(), p)).collect() }
     }
 
