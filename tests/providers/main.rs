@@ -9,3 +9,5 @@
 mod support;
 
 mod stories;
+
+mod garmin;
