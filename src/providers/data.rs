@@ -50,6 +50,10 @@ pub struct Page {
     pub items: Vec<Item>,
     /// Where the next page of the same stream starts; `None` when this was the last.
     pub next: Option<Value>,
+    /// The provider accepted a request for this range and pushes its data later, to the webhook
+    /// (Garmin's backfill: 202, then pushes). The backfill stays `backfilling` until a push has
+    /// arrived (or a deadline passed) instead of ending at its last page.
+    pub pushed_later: bool,
 }
 
 /// What a stored webhook event asks the sync stage to do.

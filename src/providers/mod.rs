@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub mod data;
+pub mod garmin;
 pub mod google;
 pub mod oura;
 pub mod polar;
@@ -35,7 +36,7 @@ pub use strava::{Strava, StravaEvent};
 pub use polar::verify_signature as verify_polar_signature;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
-pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG, google::SLUG];
+pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG, garmin::SLUG, google::SLUG];
 
 /// Overrides of a provider's URLs; `None` keeps the provider's public default.
 #[derive(Clone, Debug, Default)]
@@ -247,6 +248,7 @@ impl Registry {
             Arc::new(Polar::new(overrides.get(polar::SLUG))),
             Arc::new(oura::Oura::new(overrides.get(oura::SLUG))),
             Arc::new(whoop::Whoop::new(overrides.get(whoop::SLUG))),
+            Arc::new(garmin::Garmin::new(overrides.get(garmin::SLUG))),
             Arc::new(google::Google::new(overrides.get(google::SLUG))),
         ];
         Self { providers: all.into_iter().map(|p| (p.slug(), p)).collect() }

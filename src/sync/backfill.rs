@@ -22,6 +22,10 @@ pub const BACKFILL_DAYS_SETTING: &str = "WEARABLE_BACKFILL_DAYS";
 pub const DEFAULT_BACKFILL_DAYS: i64 = 30;
 pub const MAX_BACKFILL_DAYS: i64 = 365;
 const DAY_MS: i64 = 86_400_000;
+/// Pages a provider answers with "pushed later" (`Page::pushed_later`, Garmin's backfill): how
+/// long the backfill waits at most for a push, and how often it looks whether one arrived.
+const PUSH_DEADLINE_MS: i64 = DAY_MS;
+const PUSH_RECHECK_MS: i64 = 60_000;
 
 /// Runs the job until it is done, parked or failed; false when its lease was lost on the way.
 pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Result<bool> {
@@ -56,10 +60,15 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
         }
         let reach = session.source().reach_days(stream).map(|d| now_ms() - d * DAY_MS);
         let clipped = TimeRange { from: range.from.max(reach.unwrap_or(i64::MIN)), to: range.to };
+        let asked_at = now_ms();
         let page = match session.list(stream, clipped, payload.get("cursor").filter(|c| !c.is_null())).await {
             Ok(page) => page,
             Err(e) => return failed(services, &lease, job, &payload, e).await,
         };
+        // The provider pushes this page's data later: wait for it once the streams are walked.
+        if page.pushed_later && mode != "reconcile" && payload.get("awaiting_push_since").is_none() {
+            payload["awaiting_push_since"] = json!(asked_at);
+        }
         let skip = int(&payload, "/skip").unwrap_or(0) as usize;
         let mut drafts: Vec<ResourceDraft> = Vec::new();
         let mut done = 0;
@@ -162,6 +171,14 @@ async fn finished(
         };
         return complete(services, lease, job, next).await;
     }
+    if let Some(since) = int(payload, "/awaiting_push_since") {
+        if now < since + PUSH_DEADLINE_MS && !push_arrived(services, job, &c.endpoint_id, since).await? {
+            // Parked, so the connection shows `backfilling` until a push came (or the deadline).
+            let due_at = (now + PUSH_RECHECK_MS).min(since + PUSH_DEADLINE_MS);
+            let park = JobOutcome::Park { due_at, payload: payload.clone(), note: Some("awaiting the push".into()) };
+            return complete(services, lease, job, park).await;
+        }
+    }
     let update = SyncUpdate { synced_at: Some(now), error: Some(None), ..Default::default() };
     services.store.update_sync_status(&job.project_id, &c.endpoint_id, &update, now).await?;
     services.store.enqueue_jobs(&[reconcile_job(services, &job.project_id, &c.endpoint_id, now)]).await?;
@@ -172,6 +189,15 @@ async fn finished(
     let objects = int(payload, "/done").unwrap_or(0);
     let completed = source.backfill_completed(from, to, objects, now);
     Ok(services.store.complete_job(lease, &job.id, &JobOutcome::Done, &[completed]).await?)
+}
+
+/// Whether data was synced for the connection since `since` (a webhook event writes
+/// `last_synced_at`): the pushes a "pushed later" page announced have begun to arrive. A push
+/// whose every item was already stored is a duplicate and writes nothing: such a backfill waits
+/// until the deadline.
+async fn push_arrived(services: &Services, job: &Job, endpoint_id: &str, since: i64) -> crate::Result<bool> {
+    let statuses = services.store.list_sync_status(&job.project_id).await?;
+    Ok(statuses.iter().any(|s| s.endpoint_id == endpoint_id && s.last_synced_at.is_some_and(|at| at >= since)))
 }
 
 /// The range a new job covers: the project's backfill days before the job was queued, the

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod garmin;
 mod google;
 mod oura;
 mod stories;

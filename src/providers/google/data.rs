@@ -119,7 +119,7 @@ async fn list_rollup(
         None if chunk_end < last_day => Some(serde_json::json!({"chunk": chunk_end})),
         None => None,
     };
-    Ok(Page { items, next })
+    Ok(Page { items, next, ..Page::default() })
 }
 
 fn page_token(cursor: Option<&Value>) -> Option<String> {
@@ -167,7 +167,7 @@ impl DataSource for Google {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .map(|t| Value::String(t.to_string()));
-        Ok(Page { items, next })
+        Ok(Page { items, next, ..Page::default() })
     }
 
     /// `GET /v4/users/me/dataTypes/{type}/dataPoints/{id}` (exercise and sleep have `get`); a

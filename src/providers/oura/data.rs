@@ -60,7 +60,7 @@ impl DataSource for Oura {
             })
             .collect();
         let next = answer.get("next_token").and_then(Value::as_str).filter(|t| !t.is_empty()).map(Value::from);
-        Ok(Page { items, next })
+        Ok(Page { items, next, ..Page::default() })
     }
 
     async fn fetch(&self, api: &DataApi<'_>, object: &ObjectRef) -> Result<Option<Value>, DataError> {

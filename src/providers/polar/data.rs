@@ -84,7 +84,7 @@ impl DataSource for Polar {
                 Some(Item { object: ObjectRef { kind: kind.into(), id, url: None }, data: Some(entry) })
             })
             .collect();
-        Ok(Page { items, next: None })
+        Ok(Page { items, next: None, ..Page::default() })
     }
 
     async fn fetch(&self, api: &DataApi<'_>, object: &ObjectRef) -> Result<Option<Value>, DataError> {

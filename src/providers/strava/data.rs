@@ -50,7 +50,7 @@ impl DataSource for Strava {
             .collect();
         // Page until a short page, as Strava documents.
         let next = (listed.len() >= PER_PAGE).then(|| Value::from(page + 1));
-        Ok(Page { items, next })
+        Ok(Page { items, next, ..Page::default() })
     }
 
     async fn fetch(&self, api: &DataApi<'_>, object: &ObjectRef) -> Result<Option<Value>, DataError> {
