@@ -162,7 +162,11 @@ async fn settings_toggle_providers_and_refuse_what_they_do_not_know(backend: Bac
     assert_eq!(body["projectId"], app.project_id);
     assert_eq!(
         body["settings"],
-        json!({"WEARABLE_STRAVA_ENABLED": false, "WEARABLE_POLAR_ENABLED": false, "WEARABLE_BACKFILL_DAYS": 30})
+        json!({
+            "WEARABLE_STRAVA_ENABLED": false, "WEARABLE_POLAR_ENABLED": false, "WEARABLE_OURA_ENABLED": false,
+            "WEARABLE_WHOOP_ENABLED": false, "WEARABLE_GARMIN_ENABLED": false, "WEARABLE_GOOGLE_ENABLED": false,
+            "WEARABLE_BACKFILL_DAYS": 30
+        })
     );
 
     // How far a backfill reaches: 1 to 365 days.
@@ -283,7 +287,7 @@ async fn the_credentials_view_tells_what_is_configured_and_never_a_value(backend
     let (s, _) = app
         .send(
             "PUT",
-            "/v1/wearables/garmin/credentials",
+            "/v1/wearables/fitbit/credentials",
             Some(&admin),
             Some(json!({"clientId": "x", "clientSecret": "y"})),
         )

@@ -456,6 +456,26 @@ pub(crate) async fn post_token_form(
     }
 }
 
+/// A refresh as RFC 6749 §6 has it, with the client's id and secret in the form (what every
+/// provider here but Polar expects); `extra` adds a provider's own fields (WHOOP's `scope`).
+pub(crate) async fn refresh_with_form_credentials(
+    http: &ProviderHttp,
+    provider: &'static str,
+    url: &Url,
+    credentials: &ClientCredentials,
+    refresh_token: &SecretString,
+    extra: &[(&str, &str)],
+) -> Result<RefreshedTokens, ProviderError> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
+        ("client_id", credentials.client_id.as_str()),
+        ("client_secret", credentials.client_secret.expose_secret()),
+    ];
+    form.extend_from_slice(extra);
+    post_token_form(http, provider, url, &form, None).await
+}
+
 /// Sends a provider API call whose success answers JSON. Errors: unreachable, refused (any
 /// status but 2xx), or an answer that is not JSON (`what` names it).
 pub(crate) async fn json_answer(

@@ -20,8 +20,8 @@ use url::Url;
 
 use super::webhook::{constant_time_eq, Delivery, InboundEvent, WebhookError, WebhookKeys, WebhookRequest, Webhooks};
 use super::{
-    post_token_form, revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow,
-    Provider, ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
+    revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow, Provider,
+    ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -177,13 +177,7 @@ impl Provider for Garmin {
         credentials: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<RefreshedTokens, ProviderError> {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("client_id", credentials.client_id.as_str()),
-            ("client_secret", credentials.client_secret.expose_secret()),
-            ("refresh_token", refresh_token.expose_secret()),
-        ];
-        post_token_form(http, SLUG, &self.urls.token, &form, None).await
+        super::refresh_with_form_credentials(http, SLUG, &self.urls.token, credentials, refresh_token, &[]).await
     }
 
     /// `DELETE /wellness-api/rest/user/registration` (bearer) → 204; Garmin then pushes one

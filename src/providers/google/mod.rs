@@ -20,8 +20,8 @@ use super::webhook::{
     WebhookRequest, Webhooks,
 };
 use super::{
-    post_token_form, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow, Provider, ProviderError,
-    ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
+    token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow, Provider, ProviderError, ProviderHttp,
+    ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -228,13 +228,8 @@ impl Provider for Google {
         credentials: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<RefreshedTokens, ProviderError> {
-        let form = [
-            ("client_id", credentials.client_id.as_str()),
-            ("client_secret", credentials.client_secret.expose_secret()),
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose_secret()),
-        ];
-        match post_token_form(http, SLUG, &self.urls.token, &form, None).await {
+        match super::refresh_with_form_credentials(http, SLUG, &self.urls.token, credentials, refresh_token, &[]).await
+        {
             Err(ProviderError::Refused { status: Some(401), .. }) => Err(ProviderError::InvalidGrant),
             other => other,
         }

@@ -14,8 +14,8 @@ use super::webhook::{
     WebhookKeys, WebhookRequest, Webhooks,
 };
 use super::{
-    post_token_form, revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow,
-    Provider, ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
+    revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow, Provider,
+    ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -138,13 +138,7 @@ impl Provider for Oura {
         credentials: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<RefreshedTokens, ProviderError> {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose_secret()),
-            ("client_id", credentials.client_id.as_str()),
-            ("client_secret", credentials.client_secret.expose_secret()),
-        ];
-        post_token_form(http, SLUG, &self.urls.token, &form, None).await
+        super::refresh_with_form_credentials(http, SLUG, &self.urls.token, credentials, refresh_token, &[]).await
     }
 
     /// `POST /oauth/revoke?access_token=…` (spec ◐; the access token in the query, as Oura's

@@ -13,9 +13,8 @@ use super::webhook::{
     is_fresh, verify_hmac_sha256, Delivery, InboundEvent, WebhookError, WebhookKeys, WebhookRequest, Webhooks,
 };
 use super::{
-    json_answer, post_token_form, revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange,
-    OAuthFlow, Provider, ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget,
-    TokenSet,
+    json_answer, revocation_result, token_set, AuthorizeRequest, ClientCredentials, CodeExchange, OAuthFlow, Provider,
+    ProviderError, ProviderHttp, ProviderUrls, RefreshedTokens, ResolvedUrls, RevocationTarget, TokenSet,
 };
 
 mod data;
@@ -128,14 +127,15 @@ impl Provider for Whoop {
         credentials: &ClientCredentials,
         refresh_token: &SecretString,
     ) -> Result<RefreshedTokens, ProviderError> {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose_secret()),
-            ("client_id", credentials.client_id.as_str()),
-            ("client_secret", credentials.client_secret.expose_secret()),
-            ("scope", "offline"),
-        ];
-        post_token_form(http, SLUG, &self.urls.token, &form, None).await
+        super::refresh_with_form_credentials(
+            http,
+            SLUG,
+            &self.urls.token,
+            credentials,
+            refresh_token,
+            &[("scope", "offline")],
+        )
+        .await
     }
 
     /// `DELETE /v2/user/access` with the user's bearer → 204; access already gone counts as done.
