@@ -194,7 +194,9 @@ async fn finished(
 /// Whether data was synced for the connection since `since` (a webhook event writes
 /// `last_synced_at`): the pushes a "pushed later" page announced have begun to arrive. A push
 /// whose every item was already stored is a duplicate and writes nothing: such a backfill waits
-/// until the deadline.
+/// until the deadline. A heuristic both ways: an ordinary push (today's dailies) also counts, so
+/// the state may show the backfill done while older pushed data is still on its way; the data
+/// is written whenever it comes.
 async fn push_arrived(services: &Services, job: &Job, endpoint_id: &str, since: i64) -> crate::Result<bool> {
     let statuses = services.store.list_sync_status(&job.project_id).await?;
     Ok(statuses.iter().any(|s| s.endpoint_id == endpoint_id && s.last_synced_at.is_some_and(|at| at >= since)))

@@ -211,7 +211,14 @@ impl Webhooks for Garmin {
             (Some(client), Some(sent)) => constant_time_eq(&client.client_id, sent.trim()),
             _ => false,
         };
-        if !authentic {
+        // The client id is no secret (every authorize URL carries it): with a webhook secret on
+        // file, the push URL registered at Garmin carries it too (`?token=<secret>`), and a push
+        // without it is refused — a forged push could write data or disconnect a patient.
+        let token_ok = match keys.webhook_secret {
+            Some(secret) => request.query("token").is_some_and(|t| constant_time_eq(secret.expose_secret(), t)),
+            None => true,
+        };
+        if !authentic || !token_ok {
             return Err(WebhookError::InvalidSignature);
         }
         let body: Value = serde_json::from_slice(request.body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
@@ -275,6 +282,21 @@ mod tests {
         ));
         assert!(matches!(receive(&[("garmin-client-id", "s3cret")], &push()), Err(WebhookError::InvalidSignature)));
         assert!(matches!(receive(&[("garmin-client-id", "garmin-client")], &push()), Ok(Delivery::Events(_))));
+    }
+
+    #[test]
+    fn with_a_webhook_secret_on_file_the_push_url_must_carry_it() {
+        let headers = vec![("garmin-client-id".to_string(), "garmin-client".to_string())];
+        let body = serde_json::to_vec(&push()).unwrap();
+        let client = client();
+        let secret = SecretString::from("url-token-7f".to_string());
+        let keys = WebhookKeys { webhook_secret: Some(&secret), client: Some(&client), subscription: None, now_ms: 0 };
+        let with = |query: &[(String, String)]| {
+            Garmin::new(None).receive(&WebhookRequest { headers: &headers, query, body: &body }, &keys)
+        };
+        assert!(matches!(with(&[]), Err(WebhookError::InvalidSignature)));
+        assert!(matches!(with(&[("token".into(), "url-token-7".into())]), Err(WebhookError::InvalidSignature)));
+        assert!(matches!(with(&[("token".into(), "url-token-7f".into())]), Ok(Delivery::Events(_))));
     }
 
     #[test]

@@ -328,7 +328,9 @@ impl Webhooks for Google {
         let n = GoogleNotification::parse(request.body).map_err(WebhookError::Malformed)?;
         let event_type = format!("{}.{}", n.data_type, n.operation.to_ascii_lowercase());
         // No id or timestamp of its own: the whole notification is the key (re-serialised, so
-        // a redelivery with other whitespace is the same event).
+        // a redelivery with other whitespace is the same event). Two genuine notifications of the
+        // same interval collapse into one, which is accepted: each is "re-read this interval",
+        // and the one stored re-reads it after both were sent.
         let payload = body.to_string();
         Ok(Delivery::Events(vec![InboundEvent::new(event_type, Some(n.health_user_id), payload, &[SLUG])]))
     }

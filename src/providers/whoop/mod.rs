@@ -197,14 +197,21 @@ impl WhoopEvent {
         plain.then_some(text)
     }
 
-    /// WHOOP retries a delivery with the same `trace_id`: (type, id, trace_id) names it.
-    pub fn dedup_key(&self) -> String {
+    /// WHOOP retries a delivery with the same `trace_id`: (type, id, trace_id) names it. An event
+    /// without one is keyed on its signed timestamp too (`at`): two updates of one object have
+    /// the same body, and storing a retry twice costs an idempotent re-fetch, losing an update
+    /// costs data.
+    pub fn dedup_key(&self, at: &str) -> String {
+        let trace = match self.trace_id.as_deref() {
+            Some(trace) => trace.to_string(),
+            None => format!("at:{}", at.trim()),
+        };
         crate::crypto::sha256_hex(&format!(
             "{}|{}|{}|{}",
             self.event_type,
             self.user().unwrap_or_default(),
             self.object_id().unwrap_or_default(),
-            self.trace_id.as_deref().unwrap_or_default()
+            trace
         ))
     }
 }
@@ -230,7 +237,7 @@ impl Webhooks for Whoop {
         }
         let event = WhoopEvent::parse(request.body).map_err(WebhookError::Malformed)?;
         Ok(Delivery::Events(vec![InboundEvent {
-            dedup_key: event.dedup_key(),
+            dedup_key: event.dedup_key(timestamp),
             remote_user_id: event.user(),
             event_type: event.event_type.clone(),
             payload: String::from_utf8_lossy(request.body).into_owned(),
@@ -287,9 +294,14 @@ mod tests {
     fn events_are_checked_and_keyed_on_type_id_and_trace() {
         let a = WhoopEvent::parse(BODY.as_bytes()).unwrap();
         let again = WhoopEvent::parse(BODY.replace("{\"user_id\"", "{ \"user_id\"").as_bytes()).unwrap();
-        assert_eq!(a.dedup_key(), again.dedup_key());
+        assert_eq!(a.dedup_key("1"), again.dedup_key("2"), "a retry: the same trace_id");
         let other = WhoopEvent::parse(BODY.replace("e369c784", "f369c784").as_bytes()).unwrap();
-        assert_ne!(a.dedup_key(), other.dedup_key());
+        assert_ne!(a.dedup_key("1"), other.dedup_key("1"));
+        // Without a trace_id, two updates of one object differ by their signed timestamps.
+        let untraced = br#"{"user_id":10129,"id":"ecfc6a15-4661-442f-a9a4-f160dd7afae8","type":"sleep.updated"}"#;
+        let untraced = WhoopEvent::parse(untraced).unwrap();
+        assert_ne!(untraced.dedup_key("1748241241000"), untraced.dedup_key("1748241299000"));
+        assert_eq!(untraced.dedup_key("1748241241000"), untraced.dedup_key("1748241241000"));
         assert!(WhoopEvent::parse(BODY.replace("sleep.updated", "cycle.updated").as_bytes()).is_err());
         assert!(WhoopEvent::parse(br#"{"user_id":"x","id":"a","type":"sleep.updated"}"#).is_err());
         assert!(WhoopEvent::parse(br#"{"user_id":1,"id":"../x","type":"sleep.updated"}"#).is_err());
