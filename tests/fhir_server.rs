@@ -200,12 +200,22 @@ async fn client_credentials_tokens_are_fetched_once_reused_and_renewed_once_afte
     let stats = partner.stats().await;
     assert_eq!((stat(&stats, "tokensIssued"), stat(&stats, "unauthorized")), (2, 1), "{stats}");
 
+    // Calls in flight together when the tokens are forgotten again: each gets its 401, one fetch
+    // serves them all.
+    partner.revoke_tokens().await;
+    let answers = futures::future::join_all((0..4).map(|_| client.get("Patient?_count=1"))).await;
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|a| a.status == 200)), "{answers:?}");
+    let stats = partner.stats().await;
+    assert_eq!((stat(&stats, "tokensIssued"), stat(&stats, "unauthorized")), (3, 5), "{stats}");
+
     // Basic by default (the SMART configuration offers it), in the form when the setting says so.
     let (token_url, seen) = recording_token_url(partner.origin()).await;
+    let before = stat(&partner.stats().await, "tokensIssued");
     ok(set(&app, "FHIR_SERVER_TOKEN_URL", json!(token_url)).await);
     ok(set(&app, "FHIR_SERVER_CLIENT_AUTH", json!("form")).await);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "one token request per changed configuration: {seen:?}");
+    assert_eq!(stat(&partner.stats().await, "tokensIssued"), before + 2);
     let (basic, form) = (&seen[0], &seen[1]);
     assert!(basic.0.as_deref().is_some_and(|a| a.starts_with("Basic ")), "{basic:?}");
     assert!(!basic.1.contains("client_secret"), "{basic:?}");

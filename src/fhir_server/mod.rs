@@ -469,3 +469,54 @@ pub async fn jwks(services: &Services, project_id: &str) -> Result<Value> {
     let keys = ServerConfig::load(services, project_id).await?.keys.unwrap_or_default();
     Ok(keys.jwks(now_ms()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Option<SecretString> {
+        Some(SecretString::from(s.to_string()))
+    }
+
+    #[test]
+    fn each_mode_names_what_it_still_needs() {
+        let mut config = ServerConfig::default();
+        assert_eq!(config.missing(), vec![URL_SETTING, AUTH_SETTING]);
+        config.url = Url::parse("https://fhir.example/R4").ok();
+        config.auth = Some(AuthMode::Bearer);
+        assert_eq!(config.missing(), vec![TOKEN_SECRET]);
+        config.auth = Some(AuthMode::ClientCredentials);
+        config.client_id = secret("id");
+        assert_eq!(config.missing(), vec![CLIENT_SECRET_SECRET]);
+        config.auth = Some(AuthMode::PrivateKeyJwt);
+        assert!(config.missing().is_empty(), "the key is Wearlink's own");
+        assert_eq!(config.endpoint("/metadata").unwrap().as_str(), "https://fhir.example/R4/metadata");
+    }
+
+    #[test]
+    fn a_cached_token_belongs_to_the_credentials_it_was_fetched_with() {
+        let mut config = ServerConfig {
+            url: Url::parse("https://fhir.example/R4").ok(),
+            auth: Some(AuthMode::ClientCredentials),
+            client_id: secret("id"),
+            client_secret: secret("one"),
+            ..ServerConfig::default()
+        };
+        let first = config.fingerprint();
+        assert_eq!(first, config.fingerprint());
+        config.client_secret = secret("two");
+        assert_ne!(first, config.fingerprint(), "a new secret, a new token");
+        let second = config.fingerprint();
+        config.scope = Some("system/*.rs".into());
+        assert_ne!(second, config.fingerprint());
+        assert!(!config.fingerprint().contains("two"));
+    }
+
+    #[test]
+    fn modes_are_spelled_as_the_settings_take_them() {
+        for mode in [AuthMode::Bearer, AuthMode::ClientCredentials, AuthMode::PrivateKeyJwt] {
+            assert_eq!(AuthMode::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(AuthMode::parse("client-credentials"), None);
+    }
+}
