@@ -40,6 +40,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("a stored secret could not be opened")]
     Crypto(#[from] CryptoError),
+    /// The project's own FHIR server (its configuration, its checks, its answers).
+    #[error(transparent)]
+    FhirServer(#[from] crate::fhir_server::FhirServerError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -63,6 +66,7 @@ impl Error {
             Error::InvalidState => "invalid_state",
             Error::Store(StoreError::Unavailable(_)) => "unavailable",
             Error::Store(_) | Error::Crypto(_) => "internal",
+            Error::FhirServer(e) => e.code(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod events;
 pub mod fhir;
+pub mod fhir_server;
 pub mod http;
 pub mod metrics;
 pub mod projects;
@@ -38,6 +39,8 @@ pub struct Services {
     /// Outbound client for the platform's webhook endpoints: no redirects, its own timeout, and
     /// a resolver that refuses addresses the target policy refuses.
     pub outbound_http: reqwest::Client,
+    /// Access tokens for the projects' own FHIR servers (`fhir_server`), until shortly before they expire.
+    pub fhir_tokens: fhir_server::TokenCache,
     /// This process, as it names itself on leases.
     pub instance_id: String,
     /// API tokens, settings and sealed secrets, for at most `config.cache_ttl`.
@@ -82,6 +85,7 @@ impl Services {
                 metrics.provider_calls.clone(),
             ),
             outbound_http: events::http_client(&config.outbound),
+            fhir_tokens: fhir_server::TokenCache::default(),
             instance_id: uuid::Uuid::new_v4().to_string(),
             cache: cache::Cache::new(config.cache_ttl),
             writes: batch::Writes::new(Arc::clone(&store)),

@@ -147,6 +147,8 @@ enum SettingKind {
     Value,
     /// A whole number of days in 1..=365.
     Days,
+    /// `FHIR_SERVER_*`: validated and checked against the server by `fhir_server`.
+    FhirServer,
 }
 
 fn setting_kind(services: &Services, key: &str) -> Option<SettingKind> {
@@ -155,6 +157,9 @@ fn setting_kind(services: &Services, key: &str) -> Option<SettingKind> {
     }
     if key == crate::sync::BACKFILL_DAYS_SETTING {
         return Some(SettingKind::Days);
+    }
+    if crate::fhir_server::SETTINGS.contains(&key) {
+        return Some(SettingKind::FhirServer);
     }
     services.providers.all().any(|p| enabled_setting(p.slug()) == key).then_some(SettingKind::Toggle)
 }
@@ -210,6 +215,9 @@ pub async fn put_setting(
                 Some(d) if (1..=max).contains(&d) => Value::from(d),
                 _ => return Err(Error::Invalid(format!("{key} takes {{\"value\": 1..{max}}} (days)"))),
             }
+        }
+        SettingKind::FhirServer => {
+            crate::fhir_server::prepare_setting(services, &principal.project_id, key, change.value).await?
         }
     };
     let change = CachedChange::Settings { project_id: principal.project_id.clone() };
@@ -275,6 +283,7 @@ pub async fn provider_access(services: &Services, project_id: &str, provider: &d
 
 fn is_secret_key(services: &Services, key: &str) -> bool {
     services.providers.all().any(|p| SECRET_SUFFIXES.iter().any(|s| secret_key(p.slug(), s) == key))
+        || crate::fhir_server::SECRETS.contains(&key)
 }
 
 /// Stores a secret, sealed under the master key. Returns its update time.
@@ -287,11 +296,19 @@ pub async fn put_secret(services: &Services, principal: &Principal, key: &str, v
     if value.is_empty() || value.len() > MAX_SECRET_LEN {
         return Err(Error::Invalid(format!("value must be 1 to {MAX_SECRET_LEN} characters")));
     }
+    if crate::fhir_server::SECRETS.contains(&key) {
+        crate::fhir_server::prepare_secret(services, &principal.project_id, key, value).await?;
+    }
+    put_internal_secret(services, &principal.project_id, key, value).await
+}
+
+/// Stores a secret, sealed, whatever its key (e.g. the FHIR server's signing keys, which no API
+/// sets). Returns its update time.
+pub async fn put_internal_secret(services: &Services, project_id: &str, key: &str, value: &str) -> Result<i64> {
     let now = now_ms();
-    let sealed = services.keyring.seal(value.as_bytes(), &secret_owner(&principal.project_id, key));
-    let change = CachedChange::Secrets { project_id: principal.project_id.clone() };
-    changing(services, vec![change], services.store.put_secret(&principal.project_id, key, &sealed, now), |_| true)
-        .await?;
+    let sealed = services.keyring.seal(value.as_bytes(), &secret_owner(project_id, key));
+    let change = CachedChange::Secrets { project_id: project_id.into() };
+    changing(services, vec![change], services.store.put_secret(project_id, key, &sealed, now), |_| true).await?;
     Ok(now)
 }
 
@@ -314,24 +331,38 @@ pub async fn delete_secret(services: &Services, principal: &Principal, key: &str
     Ok(())
 }
 
+/// Opens the project's secrets whose keys are in `wanted` (through the cache).
+pub async fn open_secrets(
+    services: &Services,
+    project_id: &str,
+    wanted: &[&str],
+) -> Result<BTreeMap<String, SecretString>> {
+    let mut found = BTreeMap::new();
+    let secrets = services
+        .cache
+        .secrets(project_id, async { Ok::<_, Error>(services.store.list_secrets(project_id).await?.into()) });
+    for record in secrets.await?.iter().filter(|r| wanted.contains(&r.key.as_str())) {
+        let plain = services.keyring.open(&record.sealed, &secret_owner(project_id, &record.key))?;
+        let text = String::from_utf8(plain).map_err(|_| crate::crypto::CryptoError::Open)?;
+        found.insert(record.key.clone(), SecretString::from(text));
+    }
+    Ok(found)
+}
+
 /// Opens the project's secrets for one provider, by suffix (`CLIENT_ID`, ...).
 async fn provider_secrets(
     services: &Services,
     project_id: &str,
     slug: &str,
 ) -> Result<BTreeMap<&'static str, SecretString>> {
-    let mut found = BTreeMap::new();
-    let secrets = services
-        .cache
-        .secrets(project_id, async { Ok::<_, Error>(services.store.list_secrets(project_id).await?.into()) });
-    for record in secrets.await?.iter() {
-        if let Some(suffix) = SECRET_SUFFIXES.iter().find(|s| secret_key(slug, s) == record.key) {
-            let plain = services.keyring.open(&record.sealed, &secret_owner(project_id, &record.key))?;
-            let text = String::from_utf8(plain).map_err(|_| crate::crypto::CryptoError::Open)?;
-            found.insert(*suffix, SecretString::from(text));
-        }
-    }
-    Ok(found)
+    let keys: Vec<String> = SECRET_SUFFIXES.iter().map(|s| secret_key(slug, s)).collect();
+    let wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut opened = open_secrets(services, project_id, &wanted).await?;
+    Ok(SECRET_SUFFIXES
+        .iter()
+        .zip(&keys)
+        .filter_map(|(suffix, key)| opened.remove(key).map(|value| (*suffix, value)))
+        .collect())
 }
 
 /// The project's webhook secret for a provider, if set.

@@ -391,6 +391,9 @@ async fn the_openapi_document_describes_every_route(backend: Backend) {
         ("/v1/project/settings/{key}", &["put"]),
         ("/v1/project/secrets", &["get"]),
         ("/v1/project/secrets/{key}", &["put", "delete"]),
+        ("/v1/project/fhir-server/check", &["post"]),
+        ("/v1/project/fhir-server/keys", &["post"]),
+        ("/v1/projects/{projectId}/jwks.json", &["get"]),
         ("/fhir/R4/Patient", &["post"]),
         ("/fhir/R4/Patient/{id}", &["get"]),
         ("/fhir/R4/Endpoint/{id}", &["get"]),
@@ -678,10 +681,12 @@ async fn every_admin_route_refuses_strangers_and_members_before_reading_the_body
         "POST /v1/webhook-endpoints",
         "PATCH /v1/webhook-endpoints/{id}",
         "POST /v1/webhook-deliveries/{id}/retry",
+        "POST /v1/project/fhir-server/check",
+        "POST /v1/project/fhir-server/keys",
     ] {
         assert!(admin_routes.iter().any(|r| r == known), "{known} is not marked admin in the document");
     }
-    assert_eq!(admin_routes.len(), 21, "{admin_routes:#?}");
+    assert_eq!(admin_routes.len(), 23, "{admin_routes:#?}");
 }
 
 /// Issue 11 §1: errors are sent as `application/problem+json`, so the document says so, for

@@ -1,4 +1,5 @@
-//! Where Wearlink may send outbound webhooks (SSRF policy).
+//! Where Wearlink may send outbound webhooks, and where a project's own FHIR server and its token
+//! URL may be (`fhir_server`): one SSRF policy for every URL a project admin chooses.
 //!
 //! A project admin chooses the URL; the operator's internal services must stay out of reach. The
 //! rules: `https` only (plain `http` only to a loopback host, and only with

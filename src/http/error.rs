@@ -74,6 +74,10 @@ impl ApiError {
                 }
                 // Internal details go to the log, never to the caller.
                 Error::Store(_) | Error::Crypto(_) => (S::INTERNAL_SERVER_ERROR, "internal", "internal error".into()),
+                Error::FhirServer(e) if e.status() == 500 => {
+                    (S::INTERNAL_SERVER_ERROR, "internal", "internal error".into())
+                }
+                Error::FhirServer(e) => (S::from_u16(e.status()).unwrap_or(S::BAD_GATEWAY), e.code(), detail),
             },
             ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", detail),
             ApiError::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", detail),
@@ -154,6 +158,11 @@ mod tests {
             Error::Store(StoreError::Unavailable("x".into())),
             Error::Store(StoreError::Conflict),
             Error::Crypto(crate::crypto::CryptoError::Open),
+            Error::FhirServer(crate::fhir_server::FhirServerError::NotConfigured),
+            Error::FhirServer(crate::fhir_server::FhirServerError::Unsuitable(vec![])),
+            Error::FhirServer(crate::fhir_server::FhirServerError::AuthFailed("x".into())),
+            Error::FhirServer(crate::fhir_server::FhirServerError::Unreachable("x".into())),
+            Error::FhirServer(crate::fhir_server::FhirServerError::Keys("x".into())),
         ];
         for error in all {
             let code = error.code();

@@ -22,6 +22,7 @@ use crate::Services;
 pub mod error;
 mod extract;
 mod fhir;
+mod fhir_server;
 mod metrics;
 mod openapi;
 mod outbound;
@@ -101,6 +102,9 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(project::put_setting))
         .routes(routes!(project::list_secrets))
         .routes(routes!(project::put_secret, project::delete_secret))
+        .routes(routes!(fhir_server::check))
+        .routes(routes!(fhir_server::rotate_keys))
+        .routes(routes!(fhir_server::jwks))
         .routes(routes!(fhir::metadata))
         .routes(routes!(fhir::create_patient))
         .routes(routes!(fhir::read_patient))

@@ -63,9 +63,10 @@ pub async fn get_settings(State(s): State<Arc<Services>>, principal: Principal) 
 
 /// Sets one setting (admin). Answers all settings.
 #[utoipa::path(put, path = "/v1/project/settings/{key}", tag = "project", security(("bearer" = ["admin"])),
-    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_ENABLED (one per provider), WEARABLE_REDIRECT_ALLOWLIST, WEARABLE_BACKFILL_DAYS or WEARABLE_CONNECT_FRAME_ANCESTORS")),
+    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_ENABLED (one per provider), WEARABLE_REDIRECT_ALLOWLIST, WEARABLE_BACKFILL_DAYS, WEARABLE_CONNECT_FRAME_ANCESTORS or FHIR_SERVER_{URL,AUTH,SCOPE,TOKEN_URL,CLIENT_AUTH} (checked against the server when set)")),
     request_body = SettingBody,
-    responses((status = 200, body = SettingsResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = SettingsResponse), (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 502, description = "FHIR_SERVER_*: the server could not be reached (`fhir_server_unreachable`)", body = Problem)))]
 pub async fn put_setting(
     State(s): State<Arc<Services>>,
     Admin(principal): Admin,
@@ -91,9 +92,10 @@ pub async fn list_secrets(State(s): State<Arc<Services>>, Admin(principal): Admi
 
 /// Stores a secret (admin), encrypted at rest. Write-only: the value is never returned.
 #[utoipa::path(put, path = "/v1/project/secrets/{key}", tag = "project", security(("bearer" = ["admin"])),
-    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_{CLIENT_ID,CLIENT_SECRET,WEBHOOK_SECRET}")),
+    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_{CLIENT_ID,CLIENT_SECRET,WEBHOOK_SECRET} or FHIR_SERVER_{TOKEN,CLIENT_ID,CLIENT_SECRET} (checked against the server when set)")),
     request_body = SecretBody,
-    responses((status = 200, body = SecretInfo), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = SecretInfo), (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 502, description = "FHIR_SERVER_*: the server could not be reached (`fhir_server_unreachable`)", body = Problem)))]
 pub async fn put_secret(
     State(s): State<Arc<Services>>,
     Admin(principal): Admin,

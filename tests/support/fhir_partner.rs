@@ -39,6 +39,11 @@ impl FhirPartner {
     /// installed (unless `WEARLINK_TEST_REQUIRE_FHIR_VALIDATOR=1`: then it panics). Panics when an
     /// installed server does not start.
     pub async fn start() -> Option<FhirPartner> {
+        Self::start_with(&[]).await
+    }
+
+    /// `start` with more of the server's variables (`FHIR_AUTH`, `FHIR_MEDPLUM_CAPS`, … see its README).
+    pub async fn start_with(env: &[(&str, &str)]) -> Option<FhirPartner> {
         let dir = Self::dir();
         let node = dir.join("node_modules").join(".bin").join("node");
         if !node.exists() {
@@ -62,7 +67,7 @@ impl FhirPartner {
         // A free port is found by binding and releasing it; another process may take it in
         // between, so try a few times.
         for _ in 0..3 {
-            match Self::spawn(&dir, &node).await {
+            match Self::spawn(&dir, &node, env).await {
                 Ok(partner) => return Some(partner),
                 Err(error) => last_error = error,
             }
@@ -70,7 +75,7 @@ impl FhirPartner {
         panic!("the FHIR validator in {} did not start: {last_error}", dir.display());
     }
 
-    async fn spawn(dir: &std::path::Path, node: &std::path::Path) -> Result<FhirPartner, String> {
+    async fn spawn(dir: &std::path::Path, node: &std::path::Path, env: &[(&str, &str)]) -> Result<FhirPartner, String> {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let log = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
@@ -83,6 +88,7 @@ impl FhirPartner {
             .env("HOST", "127.0.0.1")
             .env("FHIR_BASE", "/fhir/R4")
             .env("FHIR_REF_CHECK", "0")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -104,6 +110,22 @@ impl FhirPartner {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `http://127.0.0.1:<port>`: where the test hooks and the token URL are.
+    pub fn origin(&self) -> String {
+        self.base.trim_end_matches("/fhir/R4").to_string()
+    }
+
+    /// `GET /_partner/stats`: requests, 401s, token requests, tokens issued, token errors, writes.
+    pub async fn stats(&self) -> Value {
+        self.http.get(format!("{}/_partner/stats", self.origin())).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// `POST /_partner/revoke-tokens`: the server forgets every token it issued.
+    pub async fn revoke_tokens(&self) {
+        let answer = self.http.post(format!("{}/_partner/revoke-tokens", self.origin())).send().await.unwrap();
+        assert!(answer.status().is_success());
     }
 
     /// What the server printed so far.
