@@ -402,7 +402,7 @@ impl WhoopCase {
             ("x-whoop-signature-timestamp".to_string(), timestamp),
             ("content-type".to_string(), "application/json".to_string()),
         ];
-        Delivery { method: "POST", headers, body: bytes }
+        Delivery { method: "POST", headers, body: bytes, query: Vec::new() }
     }
 }
 
