@@ -333,4 +333,46 @@ mod tests {
         assert_eq!(drafts[0].body["code"]["coding"][0]["code"], "run");
         assert_eq!(drafts.len(), 6);
     }
+
+    /// The example Bundles in docs/ are this mapping's output: a weight (scale) and a blood
+    /// pressure reading (cuff). `WEARLINK_WRITE_EXAMPLES=1` rewrites them after a mapping change.
+    #[test]
+    fn the_documented_example_bundles_are_the_mappings_output() {
+        let ctx = MapContext {
+            project_id: "3f0c1c5e-5b0e-4c8a-9a57-2f4c6d1e8a10".into(),
+            patient_id: "b1e5c2a4-0d6f-4f43-8f3e-6b9d7c2a1e55".into(),
+            endpoint_id: "6a2f4b1c-9e8d-4c7b-a5f3-1d2e3c4b5a69".into(),
+            provider: "withings".into(),
+            remote_user_id: "363".into(),
+        };
+        let weight = json!({"grpid": 4716596681_i64, "attrib": 0, "date": 1796024700, "created": 1796024712,
+            "modified": 1796024712, "category": 1, "model": "Body+", "measures": [
+                {"value": 72345, "type": 1, "unit": -3, "algo": 0, "fm": 1},
+                {"value": 214, "type": 6, "unit": -1, "algo": 0, "fm": 1}]});
+        let pressure = json!({"grpid": 4716596696_i64, "attrib": 0, "date": 1796025060, "created": 1796025101,
+            "modified": 1796025101, "category": 1, "model": "BPM Connect", "measures": [
+                {"value": 79, "type": 9, "unit": 0}, {"value": 121, "type": 10, "unit": 0}, {"value": 64, "type": 11, "unit": 0}]});
+        for (name, group) in [("weight", weight), ("blood-pressure", pressure)] {
+            let entries: Vec<Value> = map_measure_group(&ctx, &group)
+                .unwrap()
+                .into_iter()
+                .map(|d| {
+                    let mut resource = d.body;
+                    resource["id"] = json!(d.id);
+                    json!({"fullUrl": format!("https://wearlink.example/fhir/R4/{}/{}", d.resource_type, d.id), "resource": resource})
+                })
+                .collect();
+            let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": entries});
+            let text = serde_json::to_string_pretty(&bundle).unwrap() + "\n";
+            let path = format!("{}/docs/examples/withings-{name}-bundle.json", env!("CARGO_MANIFEST_DIR"));
+            if std::env::var("WEARLINK_WRITE_EXAMPLES").as_deref() == Ok("1") {
+                std::fs::write(&path, &text).unwrap();
+            }
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap_or_default(),
+                text,
+                "{path} is stale: WEARLINK_WRITE_EXAMPLES=1"
+            );
+        }
+    }
 }
