@@ -646,6 +646,11 @@ async fn an_expired_token_in_the_envelope_is_refreshed_once(backend: Backend) {
     assert_eq!(weight["valueQuantity"]["value"], json!(70.6));
     assert_eq!(connection(&app, &endpoint_id).await["status"], "active");
     app.assert_not_stored(&case.issued_tokens()).await;
+    // The new access token was used, so only the new refresh token is alive: the one stored.
+    let later = now_ms() + app.services.config.refresh.min_interval.as_millis() as i64 + 1;
+    let report = wearlink::connections::refresh_due(&app.services, later + 10_900_000).await.unwrap();
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    assert_eq!(case.refreshes(&user), 2);
 }
 
 /// Withings signs nothing: a notification naming no user of the project is refused (403) and not
