@@ -30,6 +30,11 @@ pub const STATUS_INVALID_TOKEN: i64 = 401;
 /// "Too many requests" (developer.withings.com, response status 601).
 pub const STATUS_TOO_MANY_REQUESTS: i64 = 601;
 
+/// How far before a range's start `lastupdate` reaches: a device whose clock runs ahead stores a
+/// measure whose `date` is later than its `modified`, and such a group must still be listed when
+/// its range is re-read, or it would look deleted.
+const CLOCK_MARGIN_S: i64 = 86_400;
+
 /// The fields asked for (`data_fields`); Withings answers only what is asked.
 const SLEEP_FIELDS: &str = "total_sleep_time,deepsleepduration,lightsleepduration,remsleepduration,hr_average";
 const ACTIVITY_FIELDS: &str = "steps,distance,totalcalories";
@@ -82,7 +87,10 @@ impl DataSource for Withings {
             return Err(DataError::Refused(format!("{stream} is not a synced Withings stream")));
         }
         let (action, offset) = position(stream, cursor);
-        let mut form = vec![("action", action.to_string()), ("lastupdate", range.from.div_euclid(1000).to_string())];
+        let mut form = vec![
+            ("action", action.to_string()),
+            ("lastupdate", (range.from.div_euclid(1000) - CLOCK_MARGIN_S).to_string()),
+        ];
         let path = match action {
             "getmeas" => {
                 let types: Vec<String> = mapping::MEASURE_TYPES.iter().map(i64::to_string).collect();
