@@ -489,6 +489,7 @@ crate::own_stories!(
     a_deleted_measure_becomes_entered_in_error,
     an_expired_token_in_the_envelope_is_refreshed_once,
     notifications_of_unknown_users_are_refused,
+    a_night_and_a_day_arrive_as_valid_r4,
 );
 
 async fn observations(app: &TestApp, patient: &str) -> Vec<Value> {
@@ -682,4 +683,46 @@ async fn notifications_of_unknown_users_are_refused(backend: Backend) {
     assert_eq!(problem_code(&body, status), "malformed_json");
     let (_, events) = app.get("/v1/wearables/events").await;
     assert_eq!(events["events"], json!([]), "{events}");
+}
+
+/// A sleep summary (appli 44) and a day of activity (appli 16): the night's duration and stages
+/// in minutes, the day's steps, distance and energy, all valid R4.
+async fn a_night_and_a_day_arrive_as_valid_r4(backend: Backend) {
+    let case = WithingsCase::start().await;
+    let app = app_for(&case, backend).await;
+    let (patient, _, user) = connected(&case, &app).await;
+    sync_all(&app).await;
+    let uid: u64 = user.parse().unwrap();
+    let now = now_ms() / 1000;
+    let (bed, up) = (now - 9 * 3600, now - 3600);
+    let day = chrono::DateTime::from_timestamp(up, 0).unwrap().format("%Y-%m-%d").to_string();
+    case.stand_in.add(uid, "sleep", json!({"id": case.stand_in.next_id(), "timezone": "Europe/Paris", "model": 32,
+        "startdate": bed, "enddate": up, "date": day, "modified": now,
+        "data": {"total_sleep_time": 25200, "deepsleepduration": 5400, "lightsleepduration": 12600, "remsleepduration": 7200, "hr_average": 58}}));
+    case.stand_in.add(
+        uid,
+        "activity",
+        json!({"date": day, "timezone": "Europe/Paris", "deviceid": null, "brand": 18,
+        "is_tracker": true, "steps": 8823, "distance": 6120.5, "totalcalories": 2310.2, "modified": now}),
+    );
+    for (appli, start, end) in [(44, bed, up), (16, up, up)] {
+        let (status, body) =
+            deliver(&app, "withings", &case.notification(&user, appli, start, end, WEBHOOK_SECRET)).await;
+        assert_eq!(status, S::OK, "{body}");
+    }
+    sync_all(&app).await;
+    let all = observations(&app, &patient).await;
+    let value = |code: &str| by_code(&all, code)[0]["valueQuantity"]["value"].clone();
+    assert_eq!(value("93832-4"), json!(420), "7 h of sleep in minutes");
+    assert_eq!((value("93831-6"), value("93830-8"), value("93829-0")), (json!(90), json!(210), json!(120)));
+    assert_eq!(value("41950-7"), json!(8823));
+    assert_eq!(value("41979-6"), json!(2310.2));
+    assert_eq!(
+        by_code(&all, "93832-4")[0]["effectivePeriod"]["end"],
+        chrono::DateTime::from_timestamp(up, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert_eq!(all.len(), 7, "{all:?}");
+    if let Some(validator) = FhirPartner::start().await {
+        validator.validate_all(&all).await.unwrap_or_else(|e| panic!("invalid R4: {e}"));
+    }
 }
