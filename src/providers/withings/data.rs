@@ -172,7 +172,7 @@ impl DataSource for Withings {
             "50" | "51" => return EventAction::Ignore("bed in/out events carry no data to sync".into()),
             other => return EventAction::Ignore(format!("appli {other} is not synced")),
         };
-        let (Some(from), Some(to)) = (n.start_ms(), n.end_ms()) else {
+        let Some((from, to)) = n.range_ms() else {
             return EventAction::Ignore("the notification names no range".into());
         };
         if to < from || to - from > 31 * 86_400_000 {

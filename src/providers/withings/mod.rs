@@ -414,6 +414,18 @@ impl Notification {
     pub fn end_ms(&self) -> Option<i64> {
         self.enddate.as_deref()?.parse::<i64>().ok().map(|s| s * 1000)
     }
+
+    /// The range the notification names, epoch ms, both ends included: `startdate`–`enddate`,
+    /// else its `date` (`YYYY-MM-DD`, the user's day: widened by a day each side, as the user's
+    /// time zone is not in the notification).
+    pub fn range_ms(&self) -> Option<(i64, i64)> {
+        if let (Some(from), Some(to)) = (self.start_ms(), self.end_ms()) {
+            return Some((from, to));
+        }
+        let day = chrono::NaiveDate::parse_from_str(self.date.as_deref()?, "%Y-%m-%d").ok()?;
+        let midnight = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
+        Some((midnight - 86_400_000, midnight + 2 * 86_400_000 - 1000))
+    }
 }
 
 impl Withings {
@@ -487,6 +499,8 @@ mod tests {
         assert!(Notification::parse(b"appli=1").is_err());
         assert!(Notification::parse(br#"{"userid": 363, "appli": 1}"#).is_err());
         assert!(Notification::parse(b"userid=363&appli=1&startdate=soon").is_err());
+        let day = Notification::parse(b"userid=363&appli=16&date=2026-12-01&foo=bar").unwrap();
+        assert_eq!(day.range_ms(), Some((1_795_996_800_000, 1_796_255_999_000)), "30 Nov to 2 Dec, UTC");
     }
 
     #[test]
