@@ -58,6 +58,10 @@ pub struct Withings {
     urls: ResolvedUrls,
 }
 
+/// A Withings answer read: the envelope's `body` when `status` is 0, else that status and its
+/// `error` text (Withings' message, which names what was wrong, never a token).
+type Envelope = Result<Value, (i64, Option<String>)>;
+
 impl Withings {
     pub fn new(overrides: Option<&ProviderUrls>) -> Self {
         let urls = ResolvedUrls::new(
@@ -80,15 +84,14 @@ impl Withings {
         }
     }
 
-    /// POSTs a form and reads the envelope: `Ok(body)` for status 0, else the status and `error`.
-    /// Never carries the answer's text into an error other than Withings' own `error` message
-    /// (which names what was wrong, never a token).
+    /// Sends a call and reads its envelope; fails outright only when no envelope came back
+    /// (unreachable, an HTTP error, not JSON) or on status 601 (too many requests).
     async fn call(
         &self,
         http: &ProviderHttp,
         operation: &'static str,
         request: reqwest::RequestBuilder,
-    ) -> Result<Result<Value, (i64, Option<String>)>, ProviderError> {
+    ) -> Result<Envelope, ProviderError> {
         let response = http.send(SLUG, operation, request).await.map_err(|_| ProviderError::Unreachable)?;
         let status = response.status();
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
