@@ -354,7 +354,12 @@ async fn complete(
         Failure::TokenExchangeFailed
     })?;
     let member_id = &sha256_hex(&format!("wearlink-member:{}:{}", state.project_id, state.patient_id))[..32];
-    provider.after_connect(&services.http, &tokens, member_id).await.map_err(|e: ProviderError| {
+    let webhook_url = crate::webhooks::webhook_url(services, slug, &state.project_id);
+    let webhook_secret =
+        projects::webhook_secret(services, &state.project_id, slug).await.map_err(|e| server_error(&e))?;
+    let webhook = crate::providers::WebhookTarget { url: &webhook_url, secret: webhook_secret.as_ref() };
+    let ctx = crate::providers::ConnectContext { member_id, webhook };
+    provider.after_connect(&services.http, &tokens, &ctx).await.map_err(|e: ProviderError| {
         tracing::warn!(provider = slug, error = %e, "provider registration failed");
         Failure::ProviderRegistrationFailed
     })?;

@@ -399,7 +399,19 @@ async fn revoke(services: &Services, r: &PendingRevocation) -> Result<bool> {
         return Ok(true);
     };
     let material = TokenMaterial::open(&services.keyring, &r.token, &revocation_owner(&r.project_id, &r.id))?;
-    let target = RevocationTarget { access_token: &material.access_token, remote_user_id: &r.remote_user_id };
+    let credentials = match projects::client_credentials(services, &r.project_id, &r.provider).await {
+        Ok(c) => Some(c),
+        Err(Error::CredentialsMissing { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let webhook_url = crate::webhooks::webhook_url(services, &r.provider, &r.project_id);
+    let webhook_secret = projects::webhook_secret(services, &r.project_id, &r.provider).await?;
+    let target = RevocationTarget {
+        access_token: &material.access_token,
+        remote_user_id: &r.remote_user_id,
+        credentials: credentials.as_ref(),
+        webhook: crate::providers::WebhookTarget { url: &webhook_url, secret: webhook_secret.as_ref() },
+    };
     let revoked = provider.revoke(&services.http, &target).await;
     services.metrics.revocation(provider.slug(), revoked.as_ref().map_or_else(ProviderError::code, |_| "revoked"));
     match revoked {

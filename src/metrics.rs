@@ -346,6 +346,14 @@ const KNOWN_EVENT_TYPES: &[&str] = &[
     "SLEEP_WISE_CIRCADIAN_BEDTIME",
     "SLEEP_WISE_ALERTNESS",
     "ACTIVITY_SUMMARY",
+    // Withings notifications, by category (`appli`).
+    "appli-1",
+    "appli-4",
+    "appli-16",
+    "appli-44",
+    "appli-46",
+    "appli-50",
+    "appli-51",
 ];
 
 #[cfg(test)]

@@ -38,7 +38,8 @@ async fn require_project(services: &Services, project_id: &str) -> Result<()> {
     Ok(())
 }
 
-fn webhook_url(services: &Services, slug: &str, project_id: &str) -> String {
+/// The project's webhook URL for a provider.
+pub fn webhook_url(services: &Services, slug: &str, project_id: &str) -> String {
     let base = services.config.base_url.as_str().trim_end_matches('/');
     format!("{base}/v1/wearables/{slug}/webhook/{project_id}")
 }
@@ -123,21 +124,34 @@ pub async fn receive(
         Delivery::Acknowledge(status) => return Ok(Receipt::Acknowledged(status)),
         Delivery::Events(events) => events,
     };
+    let known_only = provider.webhooks().expect("checked").unknown_users_rejected();
     // A push of many events (Garmin) is stored as many inbox rows, group-committed together.
     let stored =
-        futures::future::try_join_all(events.into_iter().map(|e| store(services, project_id, slug, e))).await?;
+        futures::future::try_join_all(events.into_iter().map(|e| store(services, project_id, slug, e, known_only)))
+            .await?;
     Ok(Receipt::Stored { new: stored.iter().any(|new| *new) || stored.is_empty() })
 }
 
 /// Writes the event to the inbox, resolving its connection. Events of unknown users are kept as
-/// `ignored`, so they are acknowledged and visible but never processed.
-async fn store(services: &Services, project_id: &str, provider: &str, event: InboundEvent) -> Result<bool> {
+/// `ignored`, so they are acknowledged and visible but never processed — or refused (403, nothing
+/// stored) when `known_only`: a provider that signs nothing (Withings) must not let anyone fill
+/// the inbox.
+async fn store(
+    services: &Services,
+    project_id: &str,
+    provider: &str,
+    event: InboundEvent,
+    known_only: bool,
+) -> Result<bool> {
     let InboundEvent { dedup_key, event_type, remote_user_id, payload } = event;
     services.metrics.webhook_event(provider, &event_type);
     let connection = match &remote_user_id {
         Some(user) => services.store.find_connection_by_remote_user(project_id, provider, user).await?,
         None => None,
     };
+    if known_only && connection.is_none() {
+        return Err(Error::Rejected("no connection of this project has this user".into()));
+    }
     let now = now_ms();
     // Group-committed with the events that arrive meanwhile; answered once its commit is done.
     let new = services

@@ -3,6 +3,7 @@
 
 use hmac::Mac;
 use proptest::prelude::*;
+use wearlink::providers::withings::Notification as WithingsNotification;
 use wearlink::providers::{verify_polar_signature, PolarEvent, StravaEvent};
 
 fn sign(key: &[u8], body: &[u8]) -> String {
@@ -18,6 +19,7 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_parsers(body in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = StravaEvent::parse(&body);
         let _ = PolarEvent::parse(&body);
+        let _ = WithingsNotification::parse(&body);
         let _ = verify_polar_signature(b"key", &body, &String::from_utf8_lossy(&body));
     }
 
@@ -33,6 +35,21 @@ proptest! {
             prop_assert!(StravaEvent::parse(body.as_bytes()).is_err());
             prop_assert!(PolarEvent::parse(body.as_bytes()).is_err());
         }
+    }
+
+    #[test]
+    fn withings_forms_round_trip_and_odd_fields_are_refused(
+        user in 1u64..10_000_000_000, appli in 0u32..100, start in 0i64..4_000_000_000, text in "\\PC{1,20}",
+    ) {
+        let body = format!("userid={user}&appli={appli}&startdate={start}&enddate={start}");
+        let n = WithingsNotification::parse(body.as_bytes()).unwrap();
+        prop_assert_eq!(&n.userid, &user.to_string());
+        prop_assert_eq!(n.start_ms(), Some(start * 1000));
+        let odd: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("userid", &format!("{user}{text}"))
+            .append_pair("appli", &appli.to_string())
+            .finish();
+        prop_assert_eq!(WithingsNotification::parse(odd.as_bytes()).is_ok(), text.bytes().all(|b| b.is_ascii_digit()) && format!("{user}{text}").len() <= 24);
     }
 
     #[test]

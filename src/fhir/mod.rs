@@ -11,6 +11,7 @@ pub mod capability;
 pub mod draft;
 mod resources;
 pub mod search;
+pub mod vitals;
 
 pub use draft::{MapContext, MapError, ResourceDraft};
 pub use resources::{create_patient, read, read_version, search};

@@ -112,6 +112,14 @@ pub trait DataSource: Send + Sync {
         range: TimeRange,
         cursor: Option<&Value>,
     ) -> Result<Page, DataError>;
+    /// Whether a listing of `stream` over a range is everything the provider holds there, so that
+    /// what Wearlink wrote from that stream inside a re-read range (`EventAction::Range`) and the
+    /// listing no longer has was deleted at the provider. Answers the identifier system of those
+    /// resources (Withings' measure groups: its notifications name a changed range, never the
+    /// group that was deleted).
+    fn complete_listing(&self, _stream: &str) -> Option<&'static str> {
+        None
+    }
     /// One object (one request); `None` when the provider no longer has it.
     async fn fetch(&self, api: &DataApi<'_>, object: &ObjectRef) -> Result<Option<Value>, DataError>;
     /// What a stored webhook event (as received) asks for.
@@ -176,6 +184,15 @@ impl<'a> DataApi<'a> {
             return Err(DataError::Refused("URL outside the provider's API base".into()));
         }
         self.send_json(self.http.post(url).json(body)).await
+    }
+
+    /// POSTs a form with the bearer token and reads the answer as `get_json` does (Withings' API
+    /// takes every call, reads included, as a form POST).
+    pub async fn post_form(&self, url: &str, form: &[(&str, String)]) -> Result<Option<Value>, DataError> {
+        if !is_under(url, self.base) {
+            return Err(DataError::Refused("URL outside the provider's API base".into()));
+        }
+        self.send_json(self.http.post(url).form(form)).await
     }
 
     async fn send_json(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, DataError> {

@@ -26,6 +26,7 @@ pub mod polar;
 pub mod strava;
 pub mod webhook;
 pub mod whoop;
+pub mod withings;
 
 pub use data::DataSource;
 pub use webhook::Webhooks;
@@ -36,7 +37,8 @@ pub use strava::{Strava, StravaEvent};
 pub use polar::verify_signature as verify_polar_signature;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
-pub const SLUGS: &[&str] = &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG, garmin::SLUG, google::SLUG];
+pub const SLUGS: &[&str] =
+    &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG, garmin::SLUG, google::SLUG, withings::SLUG];
 
 /// Overrides of a provider's URLs; `None` keeps the provider's public default.
 #[derive(Clone, Debug, Default)]
@@ -141,6 +143,29 @@ pub fn pkce_pair() -> (String, SecretString) {
 pub struct RevocationTarget<'a> {
     pub access_token: &'a SecretString,
     pub remote_user_id: &'a str,
+    /// The project's OAuth app, for providers whose revocation is signed with it (Withings);
+    /// `None` when the project no longer has credentials on file.
+    pub credentials: Option<&'a ClientCredentials>,
+    /// The project's webhook URL and secret, for providers whose notifications are subscribed per
+    /// user and must be unsubscribed with the same callback (Withings).
+    pub webhook: WebhookTarget<'a>,
+}
+
+/// The project's webhook URL for a provider (`<base>/v1/wearables/<slug>/webhook/<projectId>`)
+/// and its webhook secret, when set.
+#[derive(Clone, Copy)]
+pub struct WebhookTarget<'a> {
+    pub url: &'a str,
+    pub secret: Option<&'a SecretString>,
+}
+
+/// What `after_connect` may need beside the tokens.
+pub struct ConnectContext<'a> {
+    /// An opaque, stable id of the patient within the project (Polar's `member-id`).
+    pub member_id: &'a str,
+    /// Where the provider delivers this project's notifications, for providers that subscribe
+    /// per user at connect (Withings).
+    pub webhook: WebhookTarget<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,13 +222,13 @@ pub trait Provider: Send + Sync {
         credentials: &ClientCredentials,
         exchange: &CodeExchange<'_>,
     ) -> Result<TokenSet, ProviderError>;
-    /// What must happen at the provider before a connection is usable (Polar: register the user).
-    /// `member_id` is an opaque, stable id of the patient within the project.
+    /// What must happen at the provider before a connection is usable (Polar: register the user;
+    /// Withings: subscribe the user's notifications).
     async fn after_connect(
         &self,
         _http: &ProviderHttp,
         _tokens: &TokenSet,
-        _member_id: &str,
+        _ctx: &ConnectContext<'_>,
     ) -> Result<(), ProviderError> {
         Ok(())
     }
@@ -250,6 +275,7 @@ impl Registry {
             Arc::new(whoop::Whoop::new(overrides.get(whoop::SLUG))),
             Arc::new(garmin::Garmin::new(overrides.get(garmin::SLUG))),
             Arc::new(google::Google::new(overrides.get(google::SLUG))),
+            Arc::new(withings::Withings::new(overrides.get(withings::SLUG))),
         ];
         Self { providers: all.into_iter().map(|p| (p.slug(), p)).collect() }
     }

@@ -120,6 +120,13 @@ pub trait Webhooks: Send + Sync {
         Err(WebhookError::NotSupported)
     }
 
+    /// Whether events naming no user of the project are refused (403, nothing stored) instead of
+    /// kept as `ignored`: for providers that sign nothing (Withings), where the user is all that
+    /// ties a notification to a connection.
+    fn unknown_users_rejected(&self) -> bool {
+        false
+    }
+
     /// Verifies a POST (signature, shared secret, freshness) and parses its events.
     fn receive(&self, request: &WebhookRequest<'_>, keys: &WebhookKeys<'_>) -> Result<Delivery, WebhookError>;
 

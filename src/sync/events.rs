@@ -110,6 +110,7 @@ async fn handle(services: &Services, event: &WebhookEvent) -> Result<Handled, Ca
     };
     let ctx = session.context.clone();
     let mut objects: Vec<(crate::providers::data::ObjectRef, Value)> = Vec::new();
+    let mut deleted_refs = Vec::new();
     match action {
         EventAction::Fetch(object) => match session.fetch(&object).await? {
             Some(data) => objects.push((object, data)),
@@ -137,6 +138,11 @@ async fn handle(services: &Services, event: &WebhookEvent) -> Result<Handled, Ca
                     None => break,
                 }
             }
+            if let Some(system) = session.source().complete_listing(&stream) {
+                let listed: Vec<_> = objects.iter().map(|(o, _)| o.clone()).collect();
+                let gone = vanished(services, &ctx, session.source(), system, range, &listed).await?;
+                deleted_refs = writer::mark_entered_in_error(services, &ctx, gone).await?.changed;
+            }
         }
         EventAction::Deauthorize | EventAction::Ignore(_) => unreachable!("handled above"),
     }
@@ -148,7 +154,8 @@ async fn handle(services: &Services, event: &WebhookEvent) -> Result<Handled, Ca
             Err(e) => return Ok(Handled::Ignored(e.to_string())),
         }
     }
-    let refs: Vec<String> = drafts.iter().map(|d| format!("{}/{}", d.resource_type, d.id)).collect();
+    let mut refs: Vec<String> = drafts.iter().map(|d| format!("{}/{}", d.resource_type, d.id)).collect();
+    refs.extend(deleted_refs);
     writer::write(services, &ctx, drafts).await?;
     let update = crate::store::sync::SyncUpdate { synced_at: Some(now_ms()), ..Default::default() };
     services
@@ -157,4 +164,60 @@ async fn handle(services: &Services, event: &WebhookEvent) -> Result<Handled, Ca
         .await
         .map_err(crate::Error::from)?;
     Ok(Handled::Synced(refs))
+}
+
+/// What this connection wrote from a completely listed stream inside `range` that the listing no
+/// longer has (`DataSource::complete_listing`): resources carrying the stream's identifier system
+/// and this user's prefix, not yet `entered-in-error`, none of the listed objects' resources.
+async fn vanished(
+    services: &Services,
+    ctx: &crate::fhir::MapContext,
+    source: &dyn crate::providers::DataSource,
+    system: &str,
+    range: crate::providers::data::TimeRange,
+    listed: &[crate::providers::data::ObjectRef],
+) -> crate::Result<Vec<(&'static str, String)>> {
+    use crate::store::sync::{DateBound, ResourceQuery};
+    const PAGE: i64 = 1000;
+    let kept: std::collections::HashSet<String> =
+        listed.iter().flat_map(|o| source.resource_ids(ctx, o)).map(|(_, id)| id).collect();
+    let prefix = format!("{}:", ctx.remote_user_id);
+    let mut gone = Vec::new();
+    for resource_type in ["Observation", "Procedure"] {
+        let mut offset = 0;
+        loop {
+            let query = ResourceQuery {
+                resource_type: resource_type.into(),
+                patient_id: ctx.patient_id.clone(),
+                codes: Vec::new(),
+                categories: Vec::new(),
+                dates: vec![DateBound::EndsAtOrAfter(range.from), DateBound::StartsBefore(range.to)],
+                newest_first: false,
+                count: PAGE,
+                offset,
+            };
+            let (_, page) = services.store.search_resources(&ctx.project_id, &query).await?;
+            let ours = |body: &Value| {
+                body.get("identifier").and_then(Value::as_array).is_some_and(|ids| {
+                    ids.iter().any(|i| {
+                        i.get("system").and_then(Value::as_str) == Some(system)
+                            && i.get("value").and_then(Value::as_str).is_some_and(|v| v.starts_with(&prefix))
+                    })
+                })
+            };
+            gone.extend(
+                page.iter()
+                    .filter(|r| {
+                        ours(&r.body) && r.body.get("status").and_then(Value::as_str) != Some("entered-in-error")
+                    })
+                    .filter(|r| !kept.contains(&r.id))
+                    .map(|r| (resource_type, r.id.clone())),
+            );
+            if (page.len() as i64) < PAGE {
+                break;
+            }
+            offset += PAGE;
+        }
+    }
+    Ok(gone)
 }

@@ -13,3 +13,4 @@ mod google;
 mod oura;
 mod stories;
 mod whoop;
+mod withings;

@@ -372,6 +372,7 @@ impl OuraCase {
                 ("x-oura-signature".into(), signature),
             ],
             body,
+            query: Vec::new(),
         }
     }
 

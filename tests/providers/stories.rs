@@ -16,13 +16,16 @@ pub struct Delivery {
     pub method: &'static str,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The webhook URL's query, for providers that are given a URL of ours carrying a secret
+    /// (Withings' callback URL with `?token=`).
+    pub query: Vec<(String, String)>,
 }
 
 impl Delivery {
     pub fn post_json(headers: Vec<(String, String)>, body: &Value) -> Self {
         let mut headers = headers;
         headers.push(("content-type".into(), "application/json".into()));
-        Self { method: "POST", headers, body: serde_json::to_vec(body).unwrap() }
+        Self { method: "POST", headers, body: serde_json::to_vec(body).unwrap(), query: Vec::new() }
     }
 }
 
@@ -112,6 +115,26 @@ macro_rules! provider_stories {
     )*};
 }
 
+/// Lists a provider module's own stories (`async fn name(backend)` in the calling module), each
+/// on both backends.
+#[macro_export]
+macro_rules! own_stories {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::support::postgres_available() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            }
+        }
+    )*};
+}
+
 /// The app with the provider enabled and its app's credentials (and webhook secret) stored.
 pub async fn app_for(case: &dyn Case, backend: Backend) -> TestApp {
     let app = TestApp::spawn_with(backend, Options { env: case.env(), ..Options::default() }).await;
@@ -160,7 +183,8 @@ pub async fn search(app: &TestApp, query: &str) -> Vec<Value> {
 /// Sends a delivery to the project's webhook URL for the provider; answers status and body.
 pub async fn deliver(app: &TestApp, slug: &str, delivery: &Delivery) -> (StatusCode, Value) {
     let url = app.url(&format!("/v1/wearables/{slug}/webhook/{}", app.project_id));
-    let mut request = app.http.request(delivery.method.parse().unwrap(), url).body(delivery.body.clone());
+    let mut request =
+        app.http.request(delivery.method.parse().unwrap(), url).query(&delivery.query).body(delivery.body.clone());
     for (name, value) in &delivery.headers {
         request = request.header(name, value);
     }

@@ -402,7 +402,7 @@ impl WhoopCase {
             ("x-whoop-signature-timestamp".to_string(), timestamp),
             ("content-type".to_string(), "application/json".to_string()),
         ];
-        Delivery { method: "POST", headers, body: bytes }
+        Delivery { method: "POST", headers, body: bytes, query: Vec::new() }
     }
 }
 
@@ -482,25 +482,7 @@ crate::provider_stories!(crate::whoop::WhoopCase::start();
     backfill_and_webhook_data_arrive_as_valid_r4,
 );
 
-/// Runs each story of this file on both backends.
-macro_rules! whoop_stories {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::support::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if crate::support::postgres_available() {
-                    super::$name(crate::support::Backend::Postgres).await
-                }
-            }
-        }
-    )*};
-}
-
-whoop_stories!(
+crate::own_stories!(
     a_pending_workout_gets_its_measures_when_scored,
     a_recovery_event_writes_the_days_vitals,
     a_deleted_workout_is_entered_in_error,

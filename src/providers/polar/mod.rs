@@ -107,13 +107,13 @@ impl Provider for Polar {
         &self,
         http: &ProviderHttp,
         tokens: &TokenSet,
-        member_id: &str,
+        ctx: &super::ConnectContext<'_>,
     ) -> Result<(), ProviderError> {
         let request = http
             .post(self.urls.api_url("users"))
             .bearer_auth(tokens.access_token.expose_secret())
             .header(reqwest::header::ACCEPT, "application/json")
-            .json(&serde_json::json!({ "member-id": member_id }));
+            .json(&serde_json::json!({ "member-id": ctx.member_id }));
         let response = http.send(SLUG, "register_user", request).await.map_err(|_| ProviderError::Unreachable)?;
         match response.status() {
             s if s.is_success() || s == StatusCode::CONFLICT => Ok(()),
