@@ -161,14 +161,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let served = axum::serve(listener, wearlink::http::router(Arc::clone(&services)))
         .with_graceful_shutdown(signalled(stop_signal.clone()));
     let mut server = tokio::spawn(served.into_future());
-    tokio::select! {
+    // Biased: once the signal is in, the listener ends too (its drain may already be done).
+    let draining = tokio::select! {
+        biased;
+        () = signalled(stop_signal.clone()) => Some(server),
         ended = &mut server => {
             ended??;
-            anyhow::bail!("the listener stopped by itself");
+            if !*stop_signal.borrow() {
+                anyhow::bail!("the listener stopped by itself");
+            }
+            None
         }
-        () = signalled(stop_signal) => {}
-    }
-    stop(&services, server, metrics_server, worker).await;
+    };
+    stop(&services, draining, metrics_server, worker).await;
     Ok(())
 }
 
@@ -180,7 +185,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// A request cut here was never acknowledged: its sender tries again.
 async fn stop(
     services: &Services,
-    mut server: JoinHandle<std::io::Result<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
     worker: wearlink::sync::Worker,
 ) {
@@ -188,9 +193,11 @@ async fn stop(
     tracing::info!(grace_secs = grace.as_secs_f64(), "stopping: finishing requests and running jobs");
     let deadline = tokio::time::Instant::now() + grace;
     let drained = async {
-        if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
-            tracing::warn!("stopping: requests still in flight at the end of the grace period are cut");
-            server.abort();
+        if let Some(mut server) = server {
+            if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
+                tracing::warn!("stopping: requests still in flight at the end of the grace period are cut");
+                server.abort();
+            }
         }
         if let Some(metrics) = metrics_server {
             let _ = tokio::time::timeout_at(deadline, metrics).await;
