@@ -235,3 +235,55 @@ async fn sigterm_in_a_flood_of_webhooks_stops_within_seconds_and_loses_no_acknow
     assert!(acknowledged.len() >= 100 && lost.is_empty(), "{} acknowledged, lost: {lost:?}", acknowledged.len());
     assert!(stored.len() <= 900);
 }
+
+/// The README's quick start ("Using it"), replayed as written in a fresh folder against the
+/// server its Set-up starts there: only `cargo run --release --` becomes the binary cargo built
+/// and `localhost:8080` a free port. A command of the README that breaks fails here.
+#[tokio::test]
+async fn the_readmes_quick_start_runs_as_written_in_a_fresh_folder() {
+    let readme = include_str!("../README.md");
+    assert!(readme.contains("\n    cargo run --release -- serve\n"), "the Set-up still starts the server so");
+    let section = &readme[readme.find("\n## Using it\n").expect("the README's quick start")..];
+    let block = &section[section.find("```sh\n").expect("its commands") + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let port = free_port();
+    let script = block
+        .replace("cargo run --release --", "\"$WEARLINK_BIN\"")
+        .replace("localhost:8080", &format!("127.0.0.1:{port}"));
+    assert!(script.contains("$WEARLINK_BIN") && script.contains(&format!("127.0.0.1:{port}/fhir/R4/Patient")));
+    let missing: Vec<_> = ["curl", "jq"]
+        .into_iter()
+        .filter(|tool| !Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("skipped: the README's quick start needs {missing:?} (.ci/run installs them)");
+        return;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_wearlink"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("WEARLINK_BIND", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_up(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    let ran = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", path)
+        .env("WEARLINK_BIN", env!("CARGO_BIN_EXE_wearlink"))
+        .output()
+        .unwrap();
+    terminate(&server);
+    server.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "the quick start failed:\n{stdout}\n{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(stdout.contains(r#"{"revoked":true}"#), "{stdout}");
+    assert!(stdout.contains(r#""authorizationUrl":"https://www.strava.com/oauth/authorize?"#), "{stdout}");
+    assert!(dir.path().join("wearlink-data/wearlink.db").exists(), "the data lands in ./wearlink-data");
+}
