@@ -19,7 +19,9 @@ binary=${1:-target/debug/wearlink}
 # than the current ones (raising them is not permitted; runc is refused even the current nproc).
 export PODMAN="podman --runtime /usr/sbin/runc --cgroup-manager cgroupfs"
 nproc_limit=$(ulimit -Hu)
-[ "$nproc_limit" = unlimited ] || [ "$nproc_limit" -gt 4096 ] && nproc_limit=4096
+if [ "$nproc_limit" = unlimited ] || [ "$nproc_limit" -gt 4096 ]; then
+  nproc_limit=4096
+fi
 export PODMAN_RUN="--ulimit nofile=$(ulimit -Sn):$(ulimit -Hn) --ulimit nproc=$nproc_limit:$nproc_limit"
 
 skip() {
