@@ -44,10 +44,10 @@ image=localhost/wearlink:test
 # The previous run's images go first, so that runs leave no untagged images behind.
 $PODMAN rmi -f "$image" "$base" >/dev/null 2>&1 || true
 deploy/runtime-base.sh "$base" >/dev/null
-# The binary, stripped (debug info is for the test runner's backtraces, not the image), with the
-# empty data/ folder the runtime stage copies as /data.
+# The binary without its debug info, as the build stage makes it, with the empty data/ folder
+# the runtime stage copies as /data.
 rm -rf target/prebuilt && mkdir -p target/prebuilt/data
-strip -o target/prebuilt/wearlink "$binary"
+strip --strip-debug -o target/prebuilt/wearlink "$binary"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 $PODMAN build --quiet --build-arg RUNTIME_IMAGE="$base" --build-arg BINARY=prebuilt \
   --build-arg VERSION="$version" -t "$image" . >/dev/null
