@@ -26,10 +26,10 @@ import urllib.request
 
 PODMAN = shlex.split(os.environ.get("PODMAN", "podman"))
 IMAGE = os.environ["IMAGE"]
-RUN_OPTIONS = shlex.split(os.environ.get("PODMAN_RUN", "")) + [
-    "--network", "host", "--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL",
-    "--security-opt", "no-new-privileges",
+LOCKED_DOWN = shlex.split(os.environ.get("PODMAN_RUN", "")) + [
+    "--read-only", "--read-only-tmpfs=false", "--cap-drop=ALL", "--security-opt", "no-new-privileges",
 ]
+RUN_OPTIONS = LOCKED_DOWN + ["--network", "host"]
 POSTGRES = os.environ.get("WEARLINK_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 TAG = f"wl-image-{os.getpid()}"
 created = {"containers": [], "volumes": []}
@@ -197,6 +197,26 @@ def endpoints_of(instance, token, patient):
     return [e["resource"] for e in bundle.get("entry", [])]
 
 
+def story_the_image_defaults_serve_on_a_published_port():
+    """As the README runs it: the image's own bind (0.0.0.0:8080) behind a published port, its
+    anonymous /data volume."""
+    name, port = f"{TAG}-published", free_port()
+    podman("run", "-d", "--name", name, *LOCKED_DOWN, "-p", f"127.0.0.1:{port}:8080", IMAGE)
+    created["containers"].append(name)
+    deadline = time.time() + 30
+    while True:
+        try:
+            if request("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.time() < deadline, podman("logs", name, check=False)
+        time.sleep(0.1)
+    podman("rm", "-f", "-v", name)
+    created["containers"].remove(name)
+    print("  ok: the image's defaults: /readyz on a published port (0.0.0.0:8080 inside), data on its volume")
+
+
 def story_sqlite_volume_restart_and_lockdown(strava):
     volume = f"{TAG}-data"
     podman("volume", "create", volume)
@@ -316,6 +336,7 @@ def main():
     strava = StravaStandIn()
     started = time.time()
     try:
+        story_the_image_defaults_serve_on_a_published_port()
         instance, project = story_sqlite_volume_restart_and_lockdown(strava)
         story_sigterm_in_a_flood_loses_no_acknowledged_webhook(instance, project)
         story_two_containers_serve_one_project_on_postgresql(strava)
