@@ -327,7 +327,7 @@ def story_two_containers_serve_one_project_on_postgresql(strava):
               "a token revoked on B refused by A)")
     finally:
         for name in created["containers"]:
-            podman("rm", "-f", name, check=False)
+            podman("rm", "-f", "-v", name, check=False)
         created["containers"].clear()
         subprocess.run(psql + [f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=False)
 
@@ -346,7 +346,7 @@ def main():
         raise
     finally:
         for name in created["containers"]:
-            podman("rm", "-f", name, check=False)
+            podman("rm", "-f", "-v", name, check=False)
         for volume in created["volumes"]:
             podman("volume", "rm", "-f", volume, check=False)
         strava.shutdown()
