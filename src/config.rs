@@ -51,6 +51,9 @@ pub struct Config {
     /// How long API tokens, settings and secrets may be served from memory (0: not cached).
     pub cache_ttl: Duration,
     pub log_json: bool,
+    /// After SIGTERM (or Ctrl-C): how long requests in flight and running jobs get to finish
+    /// before the rest are cut and their job leases released.
+    pub shutdown_grace: Duration,
     /// Refresh window, leases, backoff and concurrency of the token refresher.
     pub refresh: RefreshPolicy,
     /// How often each instance looks for tokens to refresh and revocations to retry.
@@ -81,6 +84,7 @@ impl Config {
             retention: Some(Duration::from_secs(30 * 86_400)),
             cache_ttl: crate::cache::DEFAULT_TTL,
             log_json: false,
+            shutdown_grace: Duration::from_secs(5),
             refresh: RefreshPolicy::default(),
             refresh_interval: Duration::from_secs(60),
             sync: crate::sync::SyncPolicy::default(),
@@ -177,6 +181,7 @@ impl Config {
         config.outbound.disable_after =
             Duration::from_secs(parse_var(&var, "WEARLINK_ENDPOINT_DISABLE_AFTER_SECS", "432000")?);
         config.log_json = var("WEARLINK_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+        config.shutdown_grace = Duration::from_secs(parse_var(&var, "WEARLINK_SHUTDOWN_GRACE_SECS", "5")?);
         for slug in crate::providers::SLUGS {
             let upper = slug.to_ascii_uppercase();
             let mut urls = ProviderUrls::default();
@@ -246,6 +251,7 @@ mod tests {
         assert_eq!(config.cache_ttl, Duration::from_secs(2));
         assert_eq!((config.sync.concurrency, config.outbound.concurrency), (8, 32), "the worker's two lanes");
         assert_eq!(config.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(5), "well inside Kubernetes' 30 s");
         let forever = Config::from_vars(|name| (name == "WEARLINK_RETENTION_DAYS").then(|| "0".into())).unwrap();
         assert_eq!(forever.retention, None);
         let postgres =

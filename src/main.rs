@@ -1,10 +1,13 @@
 //! The `wearlink` command: `serve`, `migrate`, `project create`, `token create`, `token revoke`.
 //! Every command reads the same `WEARLINK_*` environment, so all act on the same database.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use wearlink::store::Role;
 use wearlink::{projects, Config, Services};
 
@@ -67,7 +70,7 @@ enum RoleArg {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
-    init_tracing(config.log_json);
+    init_tracing(config.log_json, matches!(cli.command, Command::Serve));
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
@@ -133,23 +136,78 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     wearlink::connections::spawn_workers(&services, services.config.refresh_interval);
     // The job queue's worker: webhook events, backfills, resyncs and reconciliation in one lane,
     // deliveries of outbound events in another.
-    wearlink::sync::spawn_worker(&services);
+    let worker = wearlink::sync::spawn_worker(&services);
+
+    // SIGTERM (an orchestrator stopping the instance) or Ctrl-C: both listeners stop accepting
+    // at once and finish the requests they have; see `stop`.
+    let (stopping, stop_signal) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    });
+    let signalled = |mut signal: watch::Receiver<bool>| async move {
+        let _ = signal.wait_for(|stopping| *stopping).await;
+    };
+    let mut metrics_server = None;
     if let Some(metrics_bind) = services.config.metrics_bind {
         let listener = tokio::net::TcpListener::bind(metrics_bind).await?;
         tracing::info!(address = %listener.local_addr()?, "metrics listening");
         let router = wearlink::http::metrics_router(Arc::clone(&services));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "the metrics listener stopped");
-            }
-        });
+        let served = axum::serve(listener, router).with_graceful_shutdown(signalled(stop_signal.clone()));
+        metrics_server = Some(tokio::spawn(served.into_future()));
     }
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(address = %listener.local_addr()?, base_url = %services.config.base_url, "wearlink listening");
-    axum::serve(listener, wearlink::http::router(Arc::clone(&services)))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let served = axum::serve(listener, wearlink::http::router(Arc::clone(&services)))
+        .with_graceful_shutdown(signalled(stop_signal.clone()));
+    let mut server = tokio::spawn(served.into_future());
+    // Biased: once the signal is in, the listener ends too (its drain may already be done).
+    let draining = tokio::select! {
+        biased;
+        () = signalled(stop_signal.clone()) => Some(server),
+        ended = &mut server => {
+            ended??;
+            if !*stop_signal.borrow() {
+                anyhow::bail!("the listener stopped by itself");
+            }
+            None
+        }
+    };
+    stop(&services, draining, metrics_server, worker).await;
     Ok(())
+}
+
+/// The rest of a graceful shutdown, bounded by `WEARLINK_SHUTDOWN_GRACE_SECS` (well inside
+/// Kubernetes' default 30 s grace period): requests in flight are answered (each webhook's 200
+/// only after its group commit, `batch.rs`, so what was acknowledged is stored), the worker
+/// claims nothing more and lets its running jobs finish, then whatever is still running is cut
+/// and every job lease of this instance released, so another instance takes those jobs at once.
+/// A request cut here was never acknowledged: its sender tries again.
+async fn stop(
+    services: &Services,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
+    worker: wearlink::sync::Worker,
+) {
+    let grace = services.config.shutdown_grace;
+    tracing::info!(grace_secs = grace.as_secs_f64(), "stopping: finishing requests and running jobs");
+    let deadline = tokio::time::Instant::now() + grace;
+    let drained = async {
+        if let Some(mut server) = server {
+            if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
+                tracing::warn!("stopping: requests still in flight at the end of the grace period are cut");
+                server.abort();
+            }
+        }
+        if let Some(metrics) = metrics_server {
+            let _ = tokio::time::timeout_at(deadline, metrics).await;
+        }
+    };
+    let (_, released) = tokio::join!(drained, worker.stop(deadline));
+    match released {
+        Ok(released) => tracing::info!(released, "stopped; job leases released"),
+        Err(e) => tracing::warn!(error = %e, "stopped; releasing job leases failed, they run out instead"),
+    }
 }
 
 async fn shutdown_signal() {
@@ -167,18 +225,18 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }
 
-/// Logs go to stderr so CLI commands keep stdout for their JSON.
-fn init_tracing(json: bool) {
+/// Logs go to stderr so CLI commands keep stdout for their JSON; a server's JSON log goes to
+/// stdout, one object a line, where container runtimes and log collectors expect it.
+fn init_tracing(json: bool, serving: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    // Colours only on a terminal: redirected to a file or a collector, escape codes are noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json && serving {
+        builder.json().with_writer(std::io::stdout).init();
+    } else if json {
+        builder.json().with_writer(std::io::stderr).init();
     } else {
-        builder.init();
+        // Colours only on a terminal: redirected to a file or a collector, escape codes are noise.
+        builder.with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
 }

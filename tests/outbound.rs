@@ -38,6 +38,7 @@ on_both_backends!(
     an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it,
     deliveries_give_way_while_requests_are_served_and_catch_up_after,
     deliveries_run_in_a_lane_of_their_own_beside_syncs,
+    a_stopping_worker_releases_the_deliveries_it_holds_to_another_instance_at_once,
     finished_work_is_pruned_after_the_retention_and_pending_work_is_kept,
 );
 
@@ -1065,6 +1066,32 @@ async fn deliveries_run_in_a_lane_of_their_own_beside_syncs(backend: Backend) {
         "the deliveries wait in the queue for an instance that sends"
     );
     assert_eq!(receiver.wait_for(5, WAIT).await.len(), 5);
+}
+
+/// SIGTERM's part in the worker: it claims nothing more, cuts what did not finish within the
+/// grace and gives the leases back, so another instance sends those deliveries now rather than
+/// when the leases run out (120 s).
+async fn a_stopping_worker_releases_the_deliveries_it_holds_to_another_instance_at_once(backend: Backend) {
+    fn four_at_once(c: &mut Config) {
+        c.outbound.allow_loopback = true;
+        c.outbound.timeout = Duration::from_secs(30);
+        c.outbound.concurrency = 4;
+    }
+    let app = spawn(backend, four_at_once).await;
+    let receiver = Receiver::start_with(Behaviour::Hang(Duration::from_secs(30))).await;
+    register(&app, &receiver, None).await;
+    emit_to_every_endpoint(&app, 6).await;
+    let worker = wearlink::sync::spawn_worker(&app.services);
+    receiver.wait_for(4, WAIT).await;
+    let other = |now: i64| Lease { owner: "other-instance".into(), now, until: now + 120_000 };
+    let held = app.services.store.claim_jobs(DELIVERIES, &other(now_ms()), 10).await.unwrap();
+    assert_eq!(held.len(), 2, "while the worker holds four, another instance gets the other two");
+
+    let released = worker.stop(tokio::time::Instant::now() + Duration::from_millis(200)).await.unwrap();
+    assert_eq!(released, 4, "the four hanging deliveries are cut and given back");
+    let taken = app.services.store.claim_jobs(DELIVERIES, &other(now_ms()), 10).await.unwrap();
+    assert_eq!(taken.len(), 4, "another instance takes them at once, not after their lease");
+    assert!(taken.iter().all(|job| job.attempts == 0), "a cut attempt is not counted as failed");
 }
 
 /// Runs one statement on the app's database (from outside the service); answers the first

@@ -150,6 +150,16 @@ macro_rules! impl_sync_store {
             Ok(held)
         }
 
+        async fn release_jobs(&self, instance_id: &str) -> StoreResult<u64> {
+            // A claimer is `<instance id>/<uuid>`; the instance id is a UUID (no LIKE wildcards).
+            let released = sqlx::query("UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner LIKE $1")
+                .bind(format!("{instance_id}/%"))
+                .execute(&mut *self.writer().await?)
+                .await?
+                .rows_affected();
+            Ok(released)
+        }
+
         async fn checkpoint_job(&self, lease: &Lease, id: &str, payload: &Value) -> StoreResult<bool> {
             let updated = sqlx::query("UPDATE jobs SET payload = $1, lease_until = $2 WHERE id = $3 AND lease_owner = $4")
                 .bind(payload.to_string())

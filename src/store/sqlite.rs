@@ -80,7 +80,10 @@ impl SqliteStore {
                 SqliteDurability::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Sorts and temporary tables in memory, not in files under $TMPDIR: the database's
+            // folder is then the only place written (a container's root is read-only).
+            .pragma("temp_store", "memory");
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }

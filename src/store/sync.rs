@@ -70,6 +70,11 @@ pub trait JobStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Stores a job's progress (its cursor) and extends the lease to `lease.until`; false when lost.
     async fn checkpoint_job(&self, lease: &Lease, id: &str, payload: &Value) -> StoreResult<bool>;
+    /// Frees every job still leased by a claimer of this instance (`<instance id>/…`, see
+    /// `Services::claimer`), so another instance can claim them at once instead of after the
+    /// lease runs out: a stopping instance gives back what it will not finish. No attempt is
+    /// counted; a completion of this instance arriving after it is refused by the fence.
+    async fn release_jobs(&self, instance_id: &str) -> StoreResult<u64>;
     /// Drops every job of a connection (disconnect); a worker holding one loses it.
     async fn cancel_jobs(&self, endpoint_id: &str) -> StoreResult<u64>;
     /// `(endpoint id, kind, count)` of the project's queued jobs.

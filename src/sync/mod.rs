@@ -22,7 +22,7 @@ mod writer;
 
 pub use backfill::{BACKFILL_DAYS_SETTING, DEFAULT_BACKFILL_DAYS, MAX_BACKFILL_DAYS};
 pub use status::{request_resync, SyncView};
-pub use worker::{spawn_worker, Serving};
+pub use worker::{spawn_worker, Serving, Worker};
 
 /// Job kinds of the queue.
 pub const WEBHOOK_EVENT: &str = "webhook_event";

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{lease, run, DELIVERY_KINDS, SYNC_KINDS};
@@ -89,44 +90,93 @@ async fn claim(services: &Arc<Services>, lane: &Lane, limit: usize) -> Claimed {
     }
 }
 
-/// Starts both lanes; aborting the handle stops them (and the jobs they run). A lane with
-/// concurrency 0 runs nothing on this instance.
-pub fn spawn_worker(services: &Arc<Services>) -> tokio::task::JoinHandle<()> {
-    let services = Arc::clone(services);
-    tokio::spawn(async move {
-        let pace = match services.config.sync.busy_rate {
-            0 => None,
-            rate => Some(Arc::new(Pace::new(rate))),
-        };
-        let sync = Lane {
-            name: "sync (WEARLINK_SYNC_CONCURRENCY)",
-            kinds: SYNC_KINDS,
-            concurrency: services.config.sync.concurrency,
-            wake: |s| &s.sync_wake,
-        };
-        let deliveries = Lane {
-            name: "delivery (WEARLINK_OUTBOUND_CONCURRENCY)",
-            kinds: DELIVERY_KINDS,
-            concurrency: services.config.outbound.concurrency,
-            wake: |s| &s.delivery_wake,
-        };
-        tokio::join!(run_lane(&services, sync, pace.clone()), run_lane(&services, deliveries, pace));
-    })
+/// The running worker of this instance.
+pub struct Worker {
+    services: Arc<Services>,
+    /// Set once: from then on no job is claimed, and running jobs may run until this instant.
+    stop: watch::Sender<Option<Instant>>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Stops at once, leases and all (tests: a worker that dies).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    /// Ends the worker for a shutdown: claims nothing more, lets running jobs finish until
+    /// `deadline`, aborts the others and releases every lease this instance still holds, so
+    /// another instance takes those jobs at once rather than when their leases run out.
+    /// Answers how many were released. Nothing is lost either way: a job's effects and its
+    /// completion are fenced on its lease, and an aborted job is run again from its last
+    /// checkpoint.
+    pub async fn stop(self, deadline: Instant) -> crate::store::StoreResult<u64> {
+        let _ = self.stop.send(Some(deadline));
+        let _ = self.task.await;
+        self.services.store.release_jobs(&self.services.instance_id).await
+    }
+}
+
+/// Starts both lanes. A lane with concurrency 0 runs nothing on this instance.
+pub fn spawn_worker(services: &Arc<Services>) -> Worker {
+    let (stop, stopped) = watch::channel(None);
+    let task = tokio::spawn({
+        let services = Arc::clone(services);
+        async move {
+            let pace = match services.config.sync.busy_rate {
+                0 => None,
+                rate => Some(Arc::new(Pace::new(rate))),
+            };
+            let sync = Lane {
+                name: "sync (WEARLINK_SYNC_CONCURRENCY)",
+                kinds: SYNC_KINDS,
+                concurrency: services.config.sync.concurrency,
+                wake: |s| &s.sync_wake,
+            };
+            let deliveries = Lane {
+                name: "delivery (WEARLINK_OUTBOUND_CONCURRENCY)",
+                kinds: DELIVERY_KINDS,
+                concurrency: services.config.outbound.concurrency,
+                wake: |s| &s.delivery_wake,
+            };
+            tokio::join!(
+                run_lane(&services, sync, pace.clone(), stopped.clone()),
+                run_lane(&services, deliveries, pace, stopped)
+            );
+        }
+    });
+    Worker { services: Arc::clone(services), stop, task }
 }
 
 /// Keeps up to the lane's concurrency of jobs running, claiming as slots free up; wakes on the
 /// lane's notice (work was just queued here) or every `poll`. While at least `busy_requests`
 /// requests are being served, it starts a burst of jobs per turn of the shared pace.
-async fn run_lane(services: &Arc<Services>, lane: Lane, pace: Option<Arc<Pace>>) {
+async fn run_lane(
+    services: &Arc<Services>,
+    lane: Lane,
+    pace: Option<Arc<Pace>>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
     if lane.concurrency == 0 {
         tracing::info!(lane = lane.name, "concurrency 0: this instance runs none of this lane's jobs");
         return;
     }
     let mut running = tokio::task::JoinSet::new();
+    // The worker's handle was dropped without stopping it: it runs until the process ends.
+    let mut unstoppable = false;
     // Claims fill a quarter of the slots or more at once: one statement for several short jobs
     // (deliveries) instead of one per job that ends.
     let claim_at = (lane.concurrency / 4).max(1);
     loop {
+        let deadline = *stop.borrow_and_update();
+        if let Some(deadline) = deadline {
+            let _ = tokio::time::timeout_at(deadline, async { while running.join_next().await.is_some() {} }).await;
+            if !running.is_empty() {
+                tracing::info!(lane = lane.name, jobs = running.len(), "stopping: jobs still running are aborted");
+            }
+            running.shutdown().await;
+            return;
+        }
         while running.try_join_next().is_some() {}
         let free = lane.concurrency - running.len();
         let busy =
@@ -153,6 +203,7 @@ async fn run_lane(services: &Arc<Services>, lane: Lane, pace: Option<Arc<Pace>>)
             Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = (lane.wake)(services).notified() => {}
             _ = tokio::time::sleep(services.config.sync.poll) => {}
+            changed = stop.changed(), if !unstoppable => unstoppable = changed.is_err(),
         }
     }
 }
