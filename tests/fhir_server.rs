@@ -200,13 +200,15 @@ async fn client_credentials_tokens_are_fetched_once_reused_and_renewed_once_afte
     let stats = partner.stats().await;
     assert_eq!((stat(&stats, "tokensIssued"), stat(&stats, "unauthorized")), (2, 1), "{stats}");
 
-    // Calls in flight together when the tokens are forgotten again: each gets its 401, one fetch
-    // serves them all.
+    // Calls in flight together when the tokens are forgotten again: one fetch serves them all.
+    // How many of them reach the server with the old token (and get a 401) before the new one is
+    // cached depends on scheduling, so only the bounds are checked: at least one, at most four.
     partner.revoke_tokens().await;
     let answers = futures::future::join_all((0..4).map(|_| client.get("Patient?_count=1"))).await;
     assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|a| a.status == 200)), "{answers:?}");
     let stats = partner.stats().await;
-    assert_eq!((stat(&stats, "tokensIssued"), stat(&stats, "unauthorized")), (3, 5), "{stats}");
+    assert_eq!(stat(&stats, "tokensIssued"), 3, "one fetch for all four: {stats}");
+    assert!((2..=5).contains(&stat(&stats, "unauthorized")), "{stats}");
 
     // Basic by default (the SMART configuration offers it), in the form when the setting says so.
     let (token_url, seen) = recording_token_url(partner.origin()).await;
