@@ -34,7 +34,7 @@ on_both_backends!(
     the_test_event_the_delivery_listing_and_a_retry_of_a_failed_delivery,
     an_instance_killed_before_delivering_leaves_the_delivery_to_another,
     two_instances_dispatching_at_once_make_each_attempt_once,
-    ten_thousand_events_reach_three_endpoints_while_one_fails_half_the_time,
+    two_thousand_events_reach_three_endpoints_while_one_fails_half_the_time,
     an_endpoint_failing_for_too_long_is_disabled_and_a_patch_enables_it,
     deliveries_give_way_while_requests_are_served_and_catch_up_after,
     deliveries_run_in_a_lane_of_their_own_beside_syncs,
@@ -886,7 +886,7 @@ async fn emit_to_every_endpoint(app: &TestApp, n: usize) -> HashSet<String> {
         .await
 }
 
-async fn ten_thousand_events_reach_three_endpoints_while_one_fails_half_the_time(backend: Backend) {
+async fn two_thousand_events_reach_three_endpoints_while_one_fails_half_the_time(backend: Backend) {
     fn busy(c: &mut Config) {
         c.outbound.allow_loopback = true;
         // Retries a second apart (virtual clock), enough of them that failing half the time
@@ -894,7 +894,9 @@ async fn ten_thousand_events_reach_three_endpoints_while_one_fails_half_the_time
         c.outbound.schedule = vec![Duration::from_secs(1); 24];
         c.sync.concurrency = 32;
     }
-    const EVENTS: usize = 10_000;
+    // Enough for many claim rounds and retries interleaved across three endpoints; the
+    // throughput at scale is bench/deliveries.sh's job, not a story's.
+    const EVENTS: usize = 2_000;
     let started = Instant::now();
     let app = spawn(backend, busy).await;
     let receivers =

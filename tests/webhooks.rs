@@ -308,11 +308,14 @@ async fn process_due(services: &std::sync::Arc<wearlink::Services>, now: i64) ->
 }
 
 async fn a_burst_of_events_survives_a_restart_in_the_middle_of_processing(backend: Backend) {
+    // Enough concurrent deliveries (32 in flight) to fill many group commits and claim batches;
+    // the ack rate at scale is examples/bench_webhooks.rs's job, not a story's.
+    const BURST: u64 = 2_000;
     let app = TestApp::spawn(backend).await;
     let (_, _, athlete) = strava_ready(&app).await;
     let url = app.url(&format!("/v1/wearables/strava/webhook/{}", app.project_id));
 
-    let deliveries = futures::stream::iter(0..5000u64)
+    let deliveries = futures::stream::iter(0..BURST)
         .map(|i| {
             let (http, url) = (app.http.clone(), url.clone());
             let body = strava_event(athlete, 100_000 + i, "activity", "create", json!({}));
@@ -333,20 +336,20 @@ async fn a_burst_of_events_survives_a_restart_in_the_middle_of_processing(backen
         .await;
     let refused: Vec<_> = deliveries.iter().filter(|s| **s != Some(StatusCode::OK)).collect();
     assert!(refused.is_empty(), "every event acknowledged: {refused:?}");
-    assert_eq!(counts(&app).await["received"], 5000, "each acknowledged event is in the inbox");
+    assert_eq!(counts(&app).await["received"], BURST as i64, "each acknowledged event is in the inbox");
 
     // A worker claims a batch and dies before finishing it.
     let crashed = Lease { owner: "crashed-instance".into(), now: now_ms(), until: now_ms() + 120_000 };
-    let claimed = app.services.store.claim_jobs(&[wearlink::sync::WEBHOOK_EVENT], &crashed, 1500).await.unwrap();
-    assert_eq!(claimed.len(), 1500);
+    let claimed = app.services.store.claim_jobs(&[wearlink::sync::WEBHOOK_EVENT], &crashed, 600).await.unwrap();
+    assert_eq!(claimed.len(), 600);
     // The survivors go on at once with what is not claimed ...
     let (_, restarted) = app.second_instance().await;
-    assert_eq!(process_due(&restarted, now_ms()).await.unwrap(), 3500);
+    assert_eq!(process_due(&restarted, now_ms()).await.unwrap(), BURST as usize - 600);
     // ... and take over the dead worker's batch once its lease has run out.
-    assert_eq!(process_due(&restarted, now_ms() + 121_000).await.unwrap(), 1500);
+    assert_eq!(process_due(&restarted, now_ms() + 121_000).await.unwrap(), 600);
 
     let counts = counts(&app).await;
-    assert_eq!(counts.get("ignored"), Some(&5000), "{counts:?}");
+    assert_eq!(counts.get("ignored"), Some(&(BURST as i64)), "{counts:?}");
     assert_eq!(counts.len(), 1, "nothing lost, nothing left behind: {counts:?}");
 }
 
