@@ -158,6 +158,7 @@ pub fn strava_connection(
         last_error: None,
         refresh_failures: 0,
         next_attempt_at: None,
+        region: None,
     }
 }
 
