@@ -292,4 +292,54 @@ mod tests {
         assert!(map_event(&ctx(), &event("insulin", json!(4), "units", "created")).unwrap().is_empty());
         assert!(map_event(&ctx(), &event("notes", json!(null), "", "created")).unwrap().is_empty());
     }
+
+    /// `docs/examples/dexcom-glucose-day-bundle.json` is this mapping's output for a day of
+    /// readings (every 5 minutes; a few shown) with its transmitter and the day's summary
+    /// computed from all 288: regenerated with `WEARLINK_WRITE_EXAMPLES=1`, else compared.
+    #[test]
+    fn the_documented_example_bundle_is_what_the_mapping_writes() {
+        let ctx = MapContext { project_id: "example".into(), ..ctx() };
+        let day = 1_773_446_400_000_i64; // 2026-03-14T00:00:00Z
+        let readings: Vec<ResourceDraft> = (0..288)
+            .map(|i| {
+                let at = day + i * 300_000;
+                let value = match i {
+                    144 => json!(null),
+                    i if i < 72 => json!(190 - (i % 12) * 2),
+                    i => json!(95 + (i % 24)),
+                };
+                let system = chrono::DateTime::from_timestamp_millis(at).unwrap();
+                let display = system.with_timezone(&FixedOffset::east_opt(3600).unwrap());
+                let record = egv(json!({"recordId": format!("egv-{i:03}"),
+                    "systemTime": system.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                    "displayTime": display.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+                    "value": value, "status": if value.is_null() { "high" } else { "ok" }}));
+                map_egv(&ctx, &record).unwrap()
+            })
+            .collect();
+        let counted: Vec<cgm::Counted> = readings.iter().filter_map(|d| cgm::counted(&d.body)).collect();
+        let summary = cgm::summarize(&counted).unwrap();
+        let mut shown = vec![map_device(&ctx, &egv(json!({}))).unwrap()];
+        shown.extend([&readings[0], &readings[1], &readings[144]].into_iter().cloned());
+        shown.extend(cgm::summary_drafts(&ctx, "2026-03-14", "2026-03-14T00:00:00Z", "2026-03-14T23:59:59Z", &summary));
+        let entries: Vec<Value> = shown
+            .into_iter()
+            .map(|d| {
+                let mut resource = d.body;
+                resource["id"] = json!(d.id);
+                json!({ "fullUrl": format!("https://wearlink.example/fhir/R4/{}/{}", d.resource_type, d.id), "resource": resource })
+            })
+            .collect();
+        let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": entries });
+        let text = serde_json::to_string_pretty(&bundle).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/dexcom-glucose-day-bundle.json");
+        if std::env::var("WEARLINK_WRITE_EXAMPLES").is_ok_and(|v| v == "1") {
+            std::fs::write(path, &text).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap_or_default(),
+            text,
+            "regenerate with WEARLINK_WRITE_EXAMPLES=1"
+        );
+    }
 }
