@@ -413,6 +413,11 @@ async fn services() -> anyhow::Result<Arc<Services>> {
 async fn seed(patients: usize, patients_file: &Path, provider: &str) -> anyhow::Result<()> {
     let services = services().await?;
     let seeded = support::seed_project_with(&services, "bench-sync", patients, provider).await?;
+    if provider == "dexcom" {
+        // The stand-in's readings start 30 days before it did: a day more reaches them all.
+        let days = wearlink::projects::SettingChange { enabled: None, value: Some(json!(31)) };
+        wearlink::projects::put_setting(&services, &seeded.admin, wearlink::sync::BACKFILL_DAYS_SETTING, days).await?;
+    }
     let ids = seeded.patient_ids;
     std::fs::write(patients_file, ids.join("\n") + "\n")?;
     println!(

@@ -43,11 +43,6 @@ pub async fn seed_project_with(
         webhook_secret: None,
     };
     projects::put_credentials(services, &admin, provider, &creds).await?;
-    if provider == "dexcom" {
-        // The stand-in's readings start 30 days before it did: reach them all.
-        let days = SettingChange { enabled: None, value: Some(serde_json::json!(31)) };
-        projects::put_setting(services, &admin, wearlink::sync::BACKFILL_DAYS_SETTING, days).await?;
-    }
     let created = futures::stream::iter(0..patients)
         .map(|_| wearlink::fhir::create_patient(services, &admin, serde_json::json!({"resourceType": "Patient"})))
         .buffered(8)
