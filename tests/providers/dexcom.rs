@@ -518,6 +518,14 @@ async fn a_30_day_backfill_writes_readings_devices_and_daily_summaries(backend: 
         "displayTime": system_time(today - DAY_MS + 43_300_000 - 8 * 3_600_000), "eventStatus": "created",
         "eventType": "insulin", "eventSubType": "fastActing", "value": 4, "unit": "units"}),
     );
+    // An old exercise event: the events' range spans 31 days, two windows.
+    let old = today - 31 * DAY_MS + 3_600_000;
+    case.stand_in.add(
+        &user,
+        "event",
+        json!({"recordId": "ev-old-exercise", "systemTime": system_time(old), "displayTime": system_time(old),
+        "eventStatus": "created", "eventType": "exercise", "value": 30, "unit": "minutes"}),
+    );
     let (status, _, page) = app.callback(&back).await;
     assert_eq!(status, S::OK, "{page}");
     case.stand_in.refuse_next(1);
@@ -531,7 +539,9 @@ async fn a_30_day_backfill_writes_readings_devices_and_daily_summaries(backend: 
     assert_eq!(total(&app, &format!("Observation?patient=Patient/{patient}&{code}")).await, 31 * 288);
     let requests = case.stand_in.requests();
     let windows: Vec<&(String, String, String)> = requests.iter().filter(|(_, p, _)| p == "egv").collect();
-    assert_eq!(windows.len(), 2, "31 days: two windows of at most 30 days (the stand-in refuses more): {windows:?}");
+    assert_eq!(windows.len(), 31, "EGVs a day at a time: {windows:?}");
+    let events: Vec<&(String, String, String)> = requests.iter().filter(|(_, p, _)| p == "event").collect();
+    assert_eq!(events.len(), 2, "31 days of events: two windows of at most 30 days (the stand-in refuses more)");
     assert!(requests.iter().filter(|(_, p, _)| p == "dataRange").count() >= 2, "dataRange first, per stream");
 
     // Yesterday: 288 readings, 72 at 200 (high), 2 off scale high (very high), 214 at 100.

@@ -5,7 +5,7 @@
 //! paging. Dexcom sends no rate-limit headers (60,000 calls per app per hour, then 429).
 //!
 //! A stream's first page is the `dataRange` call (it bounds the walk to where there is data);
-//! every later page is one window of at most 30 days. Each call is one page, so the sync stage
+//! every later page is one window: a day of EGVs, 30 days of events. Each call is one page, so the sync stage
 //! counts every request against the budget.
 
 use std::time::Duration;
@@ -25,14 +25,19 @@ const EVENT: &str = "event";
 const DEVICE: &str = "device";
 /// Dexcom's longest range per request.
 pub const MAX_WINDOW_MS: i64 = 30 * 86_400_000;
+/// EGVs are read a day at a time (288 readings): a 30-day window is 8,640 readings held at once
+/// per job, and eight jobs of those took 1.3 GB (bench/sync.sh). A day a call is still far
+/// inside the budget (about 35 calls for a patient's 30 days; 60,000 an hour per app).
+const EGV_WINDOW_MS: i64 = 86_400_000;
 /// Tidepool polls Dexcom every 120 min ± 15 (shared/spec/providers.md).
 const POLL_EVERY: Duration = Duration::from_secs(2 * 3600);
 const POLL_JITTER: Duration = Duration::from_secs(15 * 60);
 /// Data arrives about 1 h late in the US, 3 h elsewhere: each poll re-reads twice that.
 const POLL_OVERLAP: Duration = Duration::from_secs(6 * 3600);
 
-/// (stream, record kind, dataRange key).
-const STREAMS: [(&str, &str, &str); 2] = [("egvs", EGV, "egvs"), ("events", EVENT, "events")];
+/// (stream, record kind, dataRange key, window). Events are sparse: Dexcom's whole 30 days.
+const STREAMS: [(&str, &str, &str, i64); 2] =
+    [("egvs", EGV, "egvs", EGV_WINDOW_MS), ("events", EVENT, "events", MAX_WINDOW_MS)];
 
 /// Dexcom's date parameter: UTC wall time to the second, no zone.
 fn dexcom_date(ms: i64) -> String {
@@ -61,7 +66,7 @@ impl DataSource for Dexcom {
         range: TimeRange,
         cursor: Option<&Value>,
     ) -> Result<Page, DataError> {
-        let Some((path, kind, range_key)) = STREAMS.iter().find(|(s, _, _)| *s == stream).copied() else {
+        let Some((path, kind, range_key, window)) = STREAMS.iter().find(|(s, _, _, _)| *s == stream).copied() else {
             return Err(DataError::Refused(format!("no Dexcom stream {stream}")));
         };
         let Some(cursor) = cursor else {
@@ -81,7 +86,7 @@ impl DataSource for Dexcom {
         else {
             return Err(DataError::Refused("not a Dexcom window".into()));
         };
-        let end = to.min(at + MAX_WINDOW_MS);
+        let end = to.min(at + window.min(MAX_WINDOW_MS));
         let query = [("startDate", dexcom_date(at)), ("endDate", dexcom_date(end))];
         let answer = api.get_json(&api.url(&format!("users/self/{path}")), &query).await?.unwrap_or(Value::Null);
         let records = match answer.get("records") {
