@@ -79,7 +79,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                     Ok(data) => data,
                     Err(e) => {
                         // Keep what this page already fetched, and where it stopped.
-                        let written = flush(services, &session, job, &mode, drafts, done).await?;
+                        let written = flush(services, &session, job, &mode, drafts, done, &mut payload).await?;
                         payload["skip"] = json!(skip as i64 + done);
                         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
                         count_found(&mut payload, &mode, &written);
@@ -96,7 +96,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                 }
             }
         }
-        let written = flush(services, &session, job, &mode, drafts, done).await?;
+        let written = flush(services, &session, job, &mode, drafts, done, &mut payload).await?;
         count_found(&mut payload, &mode, &written);
         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
         payload["skip"] = json!(0);
@@ -116,7 +116,9 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
     finished(services, &lease, job, &session, &mode, &payload).await
 }
 
-/// Writes a page's drafts and counts the items done.
+/// Writes a page's drafts and counts the items done; the days whose CGM readings changed are
+/// noted in the job's payload, summarized once when the job ends (`finished`).
+#[allow(clippy::too_many_arguments)]
 async fn flush(
     services: &Services,
     session: &Session<'_>,
@@ -124,11 +126,11 @@ async fn flush(
     mode: &str,
     drafts: Vec<ResourceDraft>,
     items_done: i64,
+    payload: &mut Value,
 ) -> crate::Result<Written> {
     let readings = super::cgm::reading_days(&drafts);
     let written = writer::write(services, &session.context, drafts).await?;
-    // Readings that changed (late data, a first backfill) change their day's summary.
-    super::cgm::summarize_days(services, &session.context, &readings, &written).await?;
+    super::cgm::note_changed_days(payload, &readings, &written);
     if items_done > 0 || !written.changed.is_empty() {
         let update = SyncUpdate {
             // A reconciliation pass is no backfill: its objects are not the backfill's progress.
@@ -158,6 +160,8 @@ async fn finished(
     // The claim's clock, when it runs ahead (tests move it): the next pass must come after it.
     let now = now_ms().max(lease.now);
     let c = &session.connection;
+    // Late data, a first backfill: the days whose readings changed are summarized again.
+    super::cgm::summarize_noted_days(services, &session.context, payload).await?;
     if mode == "reconcile" {
         let found = int(payload, "/found").unwrap_or(0);
         let polled = session.source().poll_every().is_some();

@@ -35,23 +35,45 @@ pub fn reading_days(drafts: &[ResourceDraft]) -> Vec<(String, NaiveDate)> {
         .collect()
 }
 
-/// Summarizes again each day with a reading that was created or changed.
-pub async fn summarize_days(
-    services: &Services,
-    ctx: &MapContext,
-    readings: &[(String, NaiveDate)],
-    written: &Written,
-) -> crate::Result<()> {
+/// The job payload's list of days to summarize (`summarize`: `YYYY-MM-DD`s).
+const NOTED: &str = "summarize";
+
+/// Adds to the job's payload each day with a reading that was created or changed. Noted rather
+/// than summarized at once: a page is a day of readings, and summarizing after each page read a
+/// day's stored readings back twice per page (bench/sync.sh: most of the backfill's time).
+pub fn note_changed_days(payload: &mut Value, readings: &[(String, NaiveDate)], written: &Written) {
     if readings.is_empty() || written.changed.is_empty() {
-        return Ok(());
+        return;
     }
     let changed: std::collections::HashSet<&str> =
         written.changed.iter().filter_map(|c| c.strip_prefix("Observation/")).collect();
-    let days: BTreeSet<NaiveDate> =
-        readings.iter().filter(|(id, _)| changed.contains(id.as_str())).map(|(_, day)| *day).collect();
+    let mut days: BTreeSet<String> = payload
+        .get(NOTED)
+        .and_then(Value::as_array)
+        .map(|days| days.iter().filter_map(|d| d.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let before = days.len();
+    days.extend(
+        readings
+            .iter()
+            .filter(|(id, _)| changed.contains(id.as_str()))
+            .map(|(_, day)| day.format("%Y-%m-%d").to_string()),
+    );
+    if days.len() != before {
+        payload[NOTED] = Value::from(days.into_iter().collect::<Vec<_>>());
+    }
+}
+
+/// Summarizes again each day the job noted (its stored readings as they are now).
+pub async fn summarize_noted_days(services: &Services, ctx: &MapContext, payload: &Value) -> crate::Result<()> {
+    let Some(days) = payload.get(NOTED).and_then(Value::as_array) else {
+        return Ok(());
+    };
     let mut drafts = Vec::new();
-    for day in days {
-        drafts.extend(summarize_day(services, ctx, day).await?);
+    for day in days.iter().filter_map(Value::as_str) {
+        if let Ok(day) = NaiveDate::parse_from_str(day, "%Y-%m-%d") {
+            drafts.extend(summarize_day(services, ctx, day).await?);
+        }
     }
     writer::write(services, ctx, drafts).await?;
     Ok(())
