@@ -106,3 +106,28 @@ async fn summarize_day(services: &Services, ctx: &MapContext, day: NaiveDate) ->
     let last = end - chrono::Duration::seconds(1);
     Ok(cgm::summary_drafts(ctx, &day.format("%Y-%m-%d").to_string(), &fmt(start), &fmt(last), &summary))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn only_days_with_changed_readings_are_noted_once() {
+        let readings = vec![("a".to_string(), day("2026-03-14")), ("b".to_string(), day("2026-03-15"))];
+        let mut payload = json!({});
+        let unchanged = Written { unchanged: 2, ..Written::default() };
+        note_changed_days(&mut payload, &readings, &unchanged);
+        assert!(payload.get(NOTED).is_none(), "unchanged readings change no summary");
+        let written = Written { created: 1, changed: vec!["Observation/b".into()], ..Written::default() };
+        note_changed_days(&mut payload, &readings, &written);
+        assert_eq!(payload[NOTED], json!(["2026-03-15"]));
+        let both = Written { changed: vec!["Observation/a".into(), "Observation/b".into()], ..Written::default() };
+        note_changed_days(&mut payload, &readings, &both);
+        assert_eq!(payload[NOTED], json!(["2026-03-14", "2026-03-15"]));
+    }
+}
