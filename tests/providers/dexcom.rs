@@ -396,7 +396,7 @@ crate::provider_stories!(crate::dexcom::DexcomCase::start();
     two_instances_racing_refresh_it_once,
 );
 
-crate::own_stories!(
+crate::on_both_backends!(
     regions_and_the_sandbox_choose_the_hosts,
     a_30_day_backfill_writes_readings_devices_and_daily_summaries,
     late_readings_on_the_next_poll_change_the_summary_without_duplicates,

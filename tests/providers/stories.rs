@@ -116,25 +116,6 @@ macro_rules! provider_stories {
     )*};
 }
 
-/// Runs each of a provider module's own stories (`async fn story(backend)`) on both backends.
-#[macro_export]
-macro_rules! own_stories {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::support::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if $crate::support::postgres_available() {
-                    super::$name($crate::support::Backend::Postgres).await
-                }
-            }
-        }
-    )*};
-}
-
 /// The app with the provider enabled and its app's credentials (and webhook secret) stored.
 pub async fn app_for(case: &dyn Case, backend: Backend) -> TestApp {
     let app = TestApp::spawn_with(backend, Options { env: case.env(), ..Options::default() }).await;
