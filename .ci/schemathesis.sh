@@ -54,11 +54,15 @@ export WEARLINK_PROVIDER_TIMEOUT_MS=2000 RUST_LOG=${RUST_LOG:-warn}
 # Webhook endpoints registered by the run point at a closed loopback port (.ci/schemathesis.toml).
 export WEARLINK_ALLOW_LOOPBACK_TARGETS=1 WEARLINK_OUTBOUND_ALLOW_CIDRS=127.0.0.0/8
 # Every provider, so no call of the run leaves the machine (checked against the document below).
-PROVIDERS="STRAVA POLAR OURA WHOOP GARMIN GOOGLE WITHINGS"
+PROVIDERS="STRAVA POLAR OURA WHOOP GARMIN GOOGLE WITHINGS DEXCOM"
 for provider in $PROVIDERS; do
   for url in AUTHORIZE TOKEN API REVOKE USER; do
     export "WEARLINK_PROVIDER_${provider}_${url}_URL=http://127.0.0.1:9/${url,,}"
   done
+done
+# Providers whose hosts differ by region (Dexcom): every region's host too.
+for region in US EU JP SANDBOX; do
+  export "WEARLINK_PROVIDER_DEXCOM_REGION_${region}_URL=http://127.0.0.1:9/dexcom-${region,,}"
 done
 
 TOKEN=$("$BIN" project create schemathesis | python3 -c 'import json, sys; print(json.load(sys.stdin)["adminToken"])')

@@ -33,6 +33,9 @@
 #   BENCH_LABEL            unset               a note added to the file names (e.g. "c16")
 #   BENCH_DATA_DIR         a temporary folder  where the SQLite database lives (e.g. /dev/shm: no disk I/O)
 #   BENCH_NO_BUILD         unset               1: use the release binaries as they are
+#   BENCH_PROVIDER         strava              dexcom: the Dexcom stand-in (an EGV every 5 minutes for
+#                                              BENCH_DAYS days per user; "activities" are then readings)
+#   BENCH_DAYS             30                  Dexcom: days of readings per user (288 a day)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +51,10 @@ PORT=${BENCH_PORT:-18090}
 PG_ADMIN_URL=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 OUT_DIR=${BENCH_OUT:-bench/results}
 BASE="http://127.0.0.1:$PORT"
+PROVIDER=${BENCH_PROVIDER:-strava}
+DAYS=${BENCH_DAYS:-30}
 EXPECTED=$((PATIENTS * ACTIVITIES))
+if [[ $PROVIDER == dexcom ]]; then EXPECTED=$((PATIENTS * DAYS * 288)); fi
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -108,7 +114,8 @@ if curl -s -o /dev/null "$BASE/healthz"; then
 fi
 
 # ---- the stand-in ----
-"${LOAD_PIN[@]}" "$HELPER" stand-in --addr-file "$WORK/stand-in.addr" --activities "$ACTIVITIES" &
+"${LOAD_PIN[@]}" "$HELPER" stand-in --addr-file "$WORK/stand-in.addr" --activities "$ACTIVITIES" \
+  --provider "$PROVIDER" --days "$DAYS" &
 STAND_IN_PID=$!
 for _ in $(seq 100); do [[ -s $WORK/stand-in.addr ]] && break; sleep 0.05; done
 STAND_IN="http://$(cat "$WORK/stand-in.addr")"
@@ -133,7 +140,7 @@ now_ms() { date +%s%3N; }
 wrk_connect() { # seconds out-file
   BENCH_OUT=$2 BENCH_METHOD=POST BENCH_BODY=$CONNECT_BODY BENCH_TOKEN=$TOKEN \
     "${LOAD_PIN[@]}" wrk -t2 -c"$CONCURRENCY" -d"$1s" --timeout 5s -s bench/wrk.lua \
-    "$BASE/v1/wearables/strava/connect" >"$2.txt"
+    "$BASE/v1/wearables/$PROVIDER/connect" >"$2.txt"
 }
 
 start_server() { # log-file [VAR=value ...]
@@ -164,10 +171,12 @@ for backend in $BACKENDS; do
   export WEARLINK_PROVIDER_STRAVA_TOKEN_URL="$STAND_IN/oauth/token"
   export WEARLINK_PROVIDER_STRAVA_API_URL="$STAND_IN/api/v3"
   export WEARLINK_PROVIDER_STRAVA_REVOKE_URL="$STAND_IN/oauth/deauthorize"
+  export WEARLINK_PROVIDER_DEXCOM_REGION_US_URL="$STAND_IN/us"
   if [[ -n ${BENCH_RUST_LOG:-} ]]; then export RUST_LOG=$BENCH_RUST_LOG; fi
 
   log "$backend: seeding a project and $PATIENTS patients"
-  seeded=$("$HELPER" seed --patients "$PATIENTS" --patients-file "$WORK/patients.txt" 2>>"$WORK/$backend-helper.log")
+  seeded=$("$HELPER" seed --patients "$PATIENTS" --patients-file "$WORK/patients.txt" --provider "$PROVIDER" \
+    2>>"$WORK/$backend-helper.log")
   TOKEN=$(sed -E 's/.*"adminToken":"([^"]+)".*/\1/' <<<"$seeded")
   PROJECT=$(sed -E 's/.*"projectId":"([^"]+)".*/\1/' <<<"$seeded")
   FIRST_PATIENT=$(sed -E 's/.*"firstPatientId":"([^"]+)".*/\1/' <<<"$seeded")
@@ -188,7 +197,10 @@ for backend in $BACKENDS; do
   SERVER_PID=""
 
   log "$backend: connecting $PATIENTS patients (one backfill job each)"
-  "$HELPER" connect-patients --project "$PROJECT" --patients-file "$WORK/patients.txt" 2>>"$WORK/$backend-helper.log"
+  "$HELPER" connect-patients --project "$PROJECT" --patients-file "$WORK/patients.txt" --provider "$PROVIDER" \
+    2>>"$WORK/$backend-helper.log"
+  calls_before=0
+  if [[ $PROVIDER == dexcom ]]; then calls_before=$(curl -s "$STAND_IN/calls" | sed -E 's/[^0-9]//g'); fi
   queued=$("$HELPER" progress --project "$PROJECT" 2>>"$WORK/$backend-helper.log")
   log "  before phase 2: $queued"
 
@@ -205,12 +217,17 @@ for backend in $BACKENDS; do
   "$HELPER" progress --project "$PROJECT" --expect "$EXPECTED" --timeout-s "$SYNC_TIMEOUT" \
     --since-ms "$started_ms" >"$WORK/$backend-progress.json"
   cpu_end=$(cpu_s) machine_end=$(cpu_counters) hwm_end=$(hwm_kib)
+  # The provider calls the backfill made (the Dexcom stand-in counts them; Strava's does not).
+  calls=null
+  if [[ $PROVIDER == dexcom ]]; then
+    calls=$(( $(curl -s "$STAND_IN/calls" | sed -E 's/[^0-9]//g') - calls_before ))
+  fi
   # Whether wrk had finished before the backfill did (else part of "during" ran without it).
   outlasted=true
   if kill -0 "$WRK_PID" 2>/dev/null; then outlasted=false; fi
   wait "$WRK_PID"
   WRK_PID=""
-  sed -E "s/\}$/, \"peak_rss_kib\": $hwm_end, \"server_cpu_s\": $cpu_end, \"machine_busy_cores\": $(busy_cores "$machine_before" "$machine_end"), \"backfill_outlasted_wrk\": $outlasted, \"sync_concurrency\": \"${SYNC_CONCURRENCY:-default}\"}/" \
+  sed -E "s/\}$/, \"peak_rss_kib\": $hwm_end, \"server_cpu_s\": $cpu_end, \"machine_busy_cores\": $(busy_cores "$machine_before" "$machine_end"), \"backfill_outlasted_wrk\": $outlasted, \"provider_calls\": $calls, \"sync_concurrency\": \"${SYNC_CONCURRENCY:-default}\"}/" \
     "$WORK/$backend-progress.json" >"$RESULTS/$backend-sync.json"
   sed 's/^/[bench]   /' "$RESULTS/$backend-during.json" "$RESULTS/$backend-sync.json" >&2
   warnings=$(grep -c ' WARN ' "$WORK/$backend-sync-server.log" || true)

@@ -1,7 +1,10 @@
 //! Helpers for `bench/sync.sh` (not part of the service or the test suite):
 //!
 //! - `stand-in`: an instantly answering Strava (token endpoint and data API, no rate-limit headers),
-//!   every athlete with the same number of activities, derived from the bearer token.
+//!   every athlete with the same number of activities, derived from the bearer token; or, with
+//!   `--provider dexcom`, an instantly answering Dexcom (token, `dataRange`, `egvs` and `events`
+//!   under `/us`, the 30-day limit answered 400) with an EGV every 5 minutes for `--days` days,
+//!   counting the data calls it answers (`GET /calls`).
 //! - `seed`: a project with Strava enabled, its credentials, an admin token and patients.
 //! - `connect-patients`: connects those patients to Strava, which queues one backfill job each.
 //! - `progress`: how far the backfill is (once, or polled until it is done or a time cap).
@@ -48,6 +51,12 @@ enum Command {
         /// Runtime threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// `strava` or `dexcom`.
+        #[arg(long, default_value = "strava")]
+        provider: String,
+        /// Days of readings per Dexcom user.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
     },
     /// Create a project with Strava enabled and credentials, an admin token and `--patients`
     /// patients; prints `{projectId, adminToken, firstPatientId}` and writes the patient ids to
@@ -57,6 +66,8 @@ enum Command {
         patients: usize,
         #[arg(long)]
         patients_file: PathBuf,
+        #[arg(long, default_value = "strava")]
+        provider: String,
     },
     /// Connect the patients of `--patients-file` to Strava (patient i as athlete i, tokens valid
     /// for six hours so that no refresh runs): one backfill job each.
@@ -65,6 +76,8 @@ enum Command {
         project: String,
         #[arg(long)]
         patients_file: PathBuf,
+        #[arg(long, default_value = "strava")]
+        provider: String,
     },
     /// Print the backfill's progress as JSON; with `--expect`, poll until that many activities
     /// are synced and no backfill job is left, or `--timeout-s` passed.
@@ -96,13 +109,18 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::StandIn { bind, addr_file, activities, threads } => {
-            anyhow::ensure!((1..=1000).contains(&activities), "--activities must be 1 to 1000");
-            runtime(threads)?.block_on(stand_in(bind, addr_file, activities))
+        Command::StandIn { bind, addr_file, activities, threads, provider, days } => match provider.as_str() {
+            "dexcom" => runtime(threads)?.block_on(dexcom_stand_in(bind, addr_file, days)),
+            _ => {
+                anyhow::ensure!((1..=1000).contains(&activities), "--activities must be 1 to 1000");
+                runtime(threads)?.block_on(stand_in(bind, addr_file, activities))
+            }
+        },
+        Command::Seed { patients, patients_file, provider } => {
+            runtime(2)?.block_on(seed(patients, &patients_file, &provider))
         }
-        Command::Seed { patients, patients_file } => runtime(2)?.block_on(seed(patients, &patients_file)),
-        Command::ConnectPatients { project, patients_file } => {
-            runtime(2)?.block_on(connect_patients(&project, &patients_file))
+        Command::ConnectPatients { project, patients_file, provider } => {
+            runtime(2)?.block_on(connect_patients(&project, &patients_file, &provider))
         }
         Command::Progress { project, expect, timeout_s, since_ms, poll_ms } => {
             let since = since_ms.unwrap_or_else(wearlink::time::now_ms);
@@ -288,15 +306,118 @@ async fn stand_in(bind: String, addr_file: PathBuf, activities: u64) -> anyhow::
     Ok(())
 }
 
+// ---- the Dexcom stand-in ----
+
+const FIVE_MINUTES_S: i64 = 300;
+
+struct Readings {
+    /// Epoch seconds of the newest reading (the stand-in's start, to the 5 minutes).
+    last: i64,
+    days: i64,
+    calls: AtomicU64,
+}
+
+fn dexcom_time(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).expect("a valid epoch").format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+fn dexcom_user(headers: &HeaderMap) -> Option<u64> {
+    athlete_of(headers)
+}
+
+/// Dexcom's token endpoint: a refresh token `…-<n>` keeps user n (connections are seeded).
+async fn dexcom_token(body: axum::body::Bytes) -> Response {
+    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let Some(id) = form.get("refresh_token").and_then(|t| t.rsplit('-').next()?.parse::<u64>().ok()) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response();
+    };
+    Json(json!({"access_token": format!("access-{id}"), "refresh_token": format!("refresh-{id}"),
+        "expires_in": 7200, "token_type": "Bearer"}))
+    .into_response()
+}
+
+async fn dexcom_data_range(State(r): State<Arc<Readings>>, headers: HeaderMap) -> Response {
+    r.calls.fetch_add(1, Ordering::Relaxed);
+    let Some(user) = dexcom_user(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+    let first = r.last - r.days * DAY_S + FIVE_MINUTES_S;
+    let bound = |t: i64| json!({"systemTime": dexcom_time(t), "displayTime": dexcom_time(t)});
+    Json(json!({"recordType": "dataRange", "recordVersion": "3.0", "userId": format!("user-{user}"),
+        "egvs": {"start": bound(first), "end": bound(r.last)}}))
+    .into_response()
+}
+
+async fn dexcom_records(
+    State(r): State<Arc<Readings>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    kind: &'static str,
+) -> Response {
+    r.calls.fetch_add(1, Ordering::Relaxed);
+    let Some(user) = dexcom_user(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+    let time = |key: &str| {
+        let text = query.get(key)?;
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").ok().map(|t| t.and_utc().timestamp())
+    };
+    let (Some(start), Some(end)) = (time("startDate"), time("endDate")) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "startDate and endDate"}))).into_response();
+    };
+    if end <= start || end - start > 30 * DAY_S {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "at most 30 days"}))).into_response();
+    }
+    let first = r.last - r.days * DAY_S + FIVE_MINUTES_S;
+    let mut records = Vec::new();
+    if kind == "egv" {
+        // Newest first, as Dexcom sorts.
+        let mut t = r.last.min(end - end.rem_euclid(FIVE_MINUTES_S));
+        while t >= start.max(first) {
+            let value = 70 + (t / FIVE_MINUTES_S + user as i64) % 150;
+            records.push(json!({"recordId": format!("{user}-{t}"), "systemTime": dexcom_time(t),
+                "displayTime": dexcom_time(t), "transmitterId": format!("TX{user}"), "transmitterTicks": t % 1_000_000,
+                "value": value, "status": "ok", "trend": "flat", "trendRate": 0.1, "unit": "mg/dL",
+                "rateUnit": "mg/dL/min", "displayDevice": "iOS", "transmitterGeneration": "g7"}));
+            t -= FIVE_MINUTES_S;
+        }
+    }
+    Json(json!({"recordType": kind, "recordVersion": "3.0", "userId": format!("user-{user}"), "records": records}))
+        .into_response()
+}
+
+async fn dexcom_stand_in(bind: String, addr_file: PathBuf, days: i64) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp();
+    let readings = Arc::new(Readings { last: now - now % FIVE_MINUTES_S, days, calls: AtomicU64::new(0) });
+    let app = Router::new()
+        .route("/us/v2/oauth2/token", post(dexcom_token))
+        .route("/us/v3/users/self/dataRange", get(dexcom_data_range))
+        .route("/us/v3/users/self/egvs", get(|s, h, q| dexcom_records(s, h, q, "egv")))
+        .route("/us/v3/users/self/events", get(|s, h, q| dexcom_records(s, h, q, "event")))
+        .route(
+            "/calls",
+            get(
+                |State(r): State<Arc<Readings>>| async move { Json(json!({"calls": r.calls.load(Ordering::Relaxed)})) },
+            ),
+        )
+        .with_state(readings);
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    anyhow::ensure!(listener.local_addr()?.ip().is_loopback(), "the stand-in listens on 127.0.0.1 only");
+    std::fs::write(&addr_file, listener.local_addr()?.to_string())?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
 // ---- seed ----
 
 async fn services() -> anyhow::Result<Arc<Services>> {
     Services::start(Config::from_env()?).await
 }
 
-async fn seed(patients: usize, patients_file: &Path) -> anyhow::Result<()> {
+async fn seed(patients: usize, patients_file: &Path, provider: &str) -> anyhow::Result<()> {
     let services = services().await?;
-    let seeded = support::seed_project(&services, "bench-sync", patients).await?;
+    let seeded = support::seed_project_with(&services, "bench-sync", patients, provider).await?;
+    if provider == "dexcom" {
+        // The stand-in's readings start 30 days before it did: a day more reaches them all.
+        let days = wearlink::projects::SettingChange { enabled: None, value: Some(json!(31)) };
+        wearlink::projects::put_setting(&services, &seeded.admin, wearlink::sync::BACKFILL_DAYS_SETTING, days).await?;
+    }
     let ids = seeded.patient_ids;
     std::fs::write(patients_file, ids.join("\n") + "\n")?;
     println!(
@@ -306,12 +427,12 @@ async fn seed(patients: usize, patients_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_patients(project: &str, patients_file: &Path) -> anyhow::Result<()> {
+async fn connect_patients(project: &str, patients_file: &Path, provider: &str) -> anyhow::Result<()> {
     let services = services().await?;
     let patients: Vec<String> =
         std::fs::read_to_string(patients_file)?.lines().filter(|l| !l.is_empty()).map(String::from).collect();
     let expires = wearlink::time::now_ms() + 6 * 3_600_000;
-    support::connect_patients(&services, project, &patients, expires, 100).await
+    support::connect_patients_to(&services, project, &patients, expires, 100, provider).await
 }
 
 // ---- progress ----

@@ -197,6 +197,13 @@ impl Config {
                     *field = Some(parse_url(&name, &value)?);
                 }
             }
+            let regions = crate::providers::REGIONS.iter().filter(|(s, _)| s == slug).flat_map(|(_, r)| r.iter());
+            for region in regions {
+                let name = format!("WEARLINK_PROVIDER_{upper}_REGION_{}_URL", region.to_ascii_uppercase());
+                if let Some(value) = var(&name) {
+                    urls.regions.insert(region.to_string(), parse_url(&name, &value)?);
+                }
+            }
             urls.signature_key = var(&format!("WEARLINK_PROVIDER_{upper}_SIGNATURE_KEY"));
             let window = format!("WEARLINK_PROVIDER_{upper}_RATE_WINDOW_SECS");
             if var(&window).is_some() {

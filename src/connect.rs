@@ -49,6 +49,9 @@ pub struct ConnectRequest {
     pub redirect_uri: Option<String>,
     /// The hosted connect page session this connect comes from (`crate::connect_sessions`).
     pub session: Option<SessionLink>,
+    /// The provider region the user's account lives in, for providers with regions (Dexcom:
+    /// `us`, `eu`, `jp`); `None`: the provider's default.
+    pub region: Option<String>,
 }
 
 /// A connect session and its token: the callback brings the patient back to that session's page.
@@ -135,13 +138,14 @@ async fn start_with(
                 return Err(Error::Invalid(format!("redirectUri origin is not in {}", projects::REDIRECT_ALLOWLIST)));
             }
         }
-        Ok(credentials)
+        let region = provider.region_for(request.region.as_deref(), &access.settings).map_err(Error::Invalid)?;
+        Ok((credentials, region))
     };
     let patient_missing = || Error::NotFound(format!("Patient/{}", request.patient_id));
     // The patient is checked as the state is written (one statement); when something else is
     // wrong it is looked up first, so a missing patient is still the error reported.
-    let credentials = match checked.await {
-        Ok(credentials) => credentials,
+    let (credentials, region) = match checked.await {
+        Ok(checked) => checked,
         Err(e) => {
             if services.store.read_resource(project_id, "Patient", &request.patient_id).await?.is_none() {
                 return Err(patient_missing());
@@ -173,6 +177,7 @@ async fn start_with(
             expires_at: now + services.config.state_ttl.as_millis() as i64,
             session,
             code_verifier,
+            region: region.clone(),
         })
         .await?;
     if !inserted {
@@ -183,6 +188,7 @@ async fn start_with(
         redirect_uri: &redirect_uri,
         state: &state,
         code_challenge: pkce.as_ref().map(|(challenge, _)| challenge.as_str()),
+        region: region.as_deref(),
     };
     let authorization_url = provider.authorization_url(&credentials, &authorize);
     Ok(ConnectStart { provider: slug.into(), authorization_url, state })
@@ -348,7 +354,12 @@ async fn complete(
         },
         None => None,
     };
-    let exchange = CodeExchange { code, redirect_uri: &callback, code_verifier: code_verifier.as_ref() };
+    let exchange = CodeExchange {
+        code,
+        redirect_uri: &callback,
+        code_verifier: code_verifier.as_ref(),
+        region: state.region.as_deref(),
+    };
     let tokens = provider.exchange_code(&services.http, &credentials, &exchange).await.map_err(|e| {
         tracing::warn!(provider = slug, error = %e, "token exchange failed");
         Failure::TokenExchangeFailed
@@ -416,6 +427,7 @@ async fn save(
             last_error: None,
             refresh_failures: 0,
             next_attempt_at: None,
+            region: state.region.clone(),
         };
         let endpoint = endpoint_body(provider, &record);
         match services.writes.save_connection.run((record, endpoint)).await {

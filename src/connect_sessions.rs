@@ -293,6 +293,7 @@ pub async fn start_connect(services: &Services, session: &OpenSession, slug: &st
         patient_id: session.record.patient_id.clone(),
         redirect_uri: None,
         session: Some(SessionLink { session_id: session.record.id.clone(), token: session.token.clone() }),
+        region: None,
     };
     Ok(connect::start(services, &session.principal(), slug, request).await?.authorization_url)
 }

@@ -74,7 +74,7 @@ pub fn endpoint_body(provider: &dyn Provider, c: &ConnectionRecord) -> Value {
         patient_id: &c.patient_id,
         provider_slug: provider.slug(),
         provider_name: provider.display_name(),
-        api_base: provider.urls().api.as_str(),
+        api_base: provider.urls_for(c.region.as_deref()).api.as_str(),
         identifier_system: &provider.identifier_system(),
         remote_user_id: &c.remote_user_id,
         scopes: &c.scopes,
@@ -247,7 +247,7 @@ async fn refresh_leased(
         }
         Err(e) => return Err(e),
     };
-    let refreshed = provider.refresh(&services.http, &credentials, refresh_token).await;
+    let refreshed = provider.refresh_in(&services.http, &credentials, refresh_token, c.region.as_deref()).await;
     services.metrics.refresh(provider.slug(), refreshed.as_ref().map_or_else(ProviderError::code, |_| "refreshed"));
     match refreshed {
         Ok(fresh) => {

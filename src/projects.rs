@@ -144,6 +144,8 @@ pub async fn authenticate(services: &Services, bearer: &str) -> Result<Principal
 
 enum SettingKind {
     Toggle,
+    /// One of a provider's declared values (`Provider::settings`).
+    Choice(&'static [&'static str]),
     Value,
     /// A whole number of days in 1..=365.
     Days,
@@ -161,6 +163,9 @@ fn setting_kind(services: &Services, key: &str) -> Option<SettingKind> {
     if crate::fhir_server::SETTINGS.contains(&key) {
         return Some(SettingKind::FhirServer);
     }
+    if let Some(own) = provider_setting(services, key) {
+        return Some(SettingKind::Choice(own.values));
+    }
     services.providers.all().any(|p| enabled_setting(p.slug()) == key).then_some(SettingKind::Toggle)
 }
 
@@ -169,6 +174,11 @@ pub async fn settings(services: &Services, principal: &Principal) -> Result<BTre
     let mut map: BTreeMap<String, Value> =
         services.providers.all().map(|p| (enabled_setting(p.slug()), Value::Bool(false))).collect();
     map.insert(crate::sync::BACKFILL_DAYS_SETTING.into(), Value::from(crate::sync::DEFAULT_BACKFILL_DAYS));
+    for p in services.providers.all() {
+        for s in p.settings() {
+            map.insert(provider_setting_key(p.slug(), s.name), Value::from(s.values[0]));
+        }
+    }
     for (key, value) in services.store.list_settings(&principal.project_id).await? {
         if setting_kind(services, &key).is_some() {
             map.insert(key, value);
@@ -203,6 +213,10 @@ pub async fn put_setting(
                 Value::String(s.trim().to_string())
             }
             _ => return Err(Error::Invalid(format!("{key} takes {{\"value\": \"...\"}}"))),
+        },
+        SettingKind::Choice(values) => match &change.value {
+            Some(Value::String(s)) if values.contains(&s.trim()) => Value::String(s.trim().to_string()),
+            _ => return Err(Error::Invalid(format!("{key} takes {{\"value\": \"{}\"}}", values.join("\" | \"")))),
         },
         SettingKind::Days => {
             let max = crate::sync::MAX_BACKFILL_DAYS;
@@ -248,6 +262,23 @@ pub fn parse_allowlist(raw: &str) -> Result<Vec<url::Origin>> {
 pub struct ProviderAccess {
     pub enabled: bool,
     pub redirect_allowlist: Option<Vec<url::Origin>>,
+    /// The provider's own settings (`Provider::settings`), each stored or its default.
+    pub settings: crate::providers::ProviderSettings,
+}
+
+/// The key of a provider's own setting: `WEARABLE_<SLUG>_<NAME>`.
+pub fn provider_setting_key(provider_slug: &str, name: &str) -> String {
+    format!("WEARABLE_{}_{name}", provider_slug.to_ascii_uppercase())
+}
+
+/// The provider's own setting `key` names, if any.
+fn provider_setting(services: &Services, key: &str) -> Option<crate::providers::ProviderSetting> {
+    services
+        .providers
+        .all()
+        .flat_map(|p| p.settings().iter().map(move |s| (p.slug(), *s)))
+        .find(|(slug, s)| provider_setting_key(slug, s.name) == key)
+        .map(|(_, s)| s)
 }
 
 /// The project's stored settings (internal ones included), through the cache.
@@ -266,9 +297,13 @@ pub async fn put_internal_setting(services: &Services, project_id: &str, key: &s
 
 pub async fn provider_access(services: &Services, project_id: &str, provider: &dyn Provider) -> Result<ProviderAccess> {
     let toggle = enabled_setting(provider.slug());
-    let mut access = ProviderAccess { enabled: false, redirect_allowlist: None };
+    let settings = provider.settings().iter().map(|s| (s.name, s.values[0].to_string())).collect();
+    let mut access = ProviderAccess { enabled: false, redirect_allowlist: None, settings };
     for (key, value) in stored_settings(services, project_id).await?.iter() {
-        if *key == toggle {
+        let own = provider.settings().iter().find(|s| provider_setting_key(provider.slug(), s.name) == *key);
+        if let (Some(own), Some(value)) = (own, value.as_str()) {
+            access.settings.insert(own.name, value.to_string());
+        } else if *key == toggle {
             access.enabled = *value == Value::Bool(true);
         } else if key == REDIRECT_ALLOWLIST {
             if let Some(raw) = value.as_str().filter(|s| !s.trim().is_empty()) {

@@ -165,7 +165,8 @@ async fn settings_toggle_providers_and_refuse_what_they_do_not_know(backend: Bac
         json!({
             "WEARABLE_STRAVA_ENABLED": false, "WEARABLE_POLAR_ENABLED": false, "WEARABLE_OURA_ENABLED": false,
             "WEARABLE_WHOOP_ENABLED": false, "WEARABLE_GARMIN_ENABLED": false, "WEARABLE_GOOGLE_ENABLED": false,
-            "WEARABLE_WITHINGS_ENABLED": false,
+            "WEARABLE_WITHINGS_ENABLED": false, "WEARABLE_DEXCOM_ENABLED": false,
+            "WEARABLE_DEXCOM_ENVIRONMENT": "production",
             "WEARABLE_BACKFILL_DAYS": 30
         })
     );

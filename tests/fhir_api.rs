@@ -69,7 +69,7 @@ async fn the_capability_statement_promises_what_is_served(backend: Backend) {
     assert_eq!(statement["implementation"]["url"], format!("{}/fhir/R4", app.base));
     let resources = statement["rest"][0]["resource"].as_array().unwrap();
     let listed: BTreeSet<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(listed, BTreeSet::from(["Patient", "Endpoint", "Observation", "Procedure"]));
+    assert_eq!(listed, BTreeSet::from(["Patient", "Endpoint", "Observation", "Procedure", "Device"]));
 
     // Every interaction and search parameter it lists is answered by the handler that does it
     // (not by the unknown-route fallback).

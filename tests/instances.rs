@@ -103,6 +103,7 @@ async fn expired_states_are_swept_safely_by_several_instances(backend: Backend) 
                 expires_at: now - 100_000,
                 session: None,
                 code_verifier: None,
+                region: None,
             })
             .await
             .unwrap();

@@ -23,16 +23,26 @@ pub struct SeededProject {
 /// A project named `name` with Strava enabled, its credentials, an admin token and `patients`
 /// FHIR Patients (created 8 at a time).
 pub async fn seed_project(services: &Services, name: &str, patients: usize) -> anyhow::Result<SeededProject> {
+    seed_project_with(services, name, patients, "strava").await
+}
+
+/// `seed_project` with `provider` enabled instead of Strava.
+pub async fn seed_project_with(
+    services: &Services,
+    name: &str,
+    patients: usize,
+    provider: &str,
+) -> anyhow::Result<SeededProject> {
     let (project_id, admin_token) = projects::create_project(services, name).await?;
     let admin = Principal { project_id: project_id.clone(), role: Role::Admin, token_fingerprint: "bench".into() };
-    let toggle = projects::enabled_setting("strava");
+    let toggle = projects::enabled_setting(provider);
     projects::put_setting(services, &admin, &toggle, SettingChange { enabled: Some(true), value: None }).await?;
     let creds = NewCredentials {
         client_id: "bench-client".into(),
         client_secret: "bench-client-secret".into(),
         webhook_secret: None,
     };
-    projects::put_credentials(services, &admin, "strava", &creds).await?;
+    projects::put_credentials(services, &admin, provider, &creds).await?;
     let created = futures::stream::iter(0..patients)
         .map(|_| wearlink::fhir::create_patient(services, &admin, serde_json::json!({"resourceType": "Patient"})))
         .buffered(8)
@@ -110,13 +120,26 @@ pub async fn connect_patients(
     expires_at: i64,
     chunk: usize,
 ) -> anyhow::Result<()> {
-    let provider = services.providers.get("strava").unwrap().clone();
+    connect_patients_to(services, project_id, patients, expires_at, chunk, "strava").await
+}
+
+/// `connect_patients` to `slug` (the connection otherwise alike: user i, tokens `access-<i>`).
+pub async fn connect_patients_to(
+    services: &Services,
+    project_id: &str,
+    patients: &[String],
+    expires_at: i64,
+    chunk: usize,
+    slug: &str,
+) -> anyhow::Result<()> {
+    let provider = services.providers.get(slug).unwrap().clone();
     for (c, ids) in patients.chunks(chunk.max(1)).enumerate() {
         let items: Vec<_> = ids
             .iter()
             .enumerate()
             .map(|(j, patient)| {
-                let record = strava_connection(services, project_id, patient, (c * chunk + j) as u64, expires_at);
+                let mut record = strava_connection(services, project_id, patient, (c * chunk + j) as u64, expires_at);
+                record.provider = slug.into();
                 let endpoint = endpoint_body(provider.as_ref(), &record);
                 (record, endpoint)
             })
@@ -158,6 +181,7 @@ pub fn strava_connection(
         last_error: None,
         refresh_failures: 0,
         next_attempt_at: None,
+        region: None,
     }
 }
 

@@ -72,6 +72,8 @@ pub const RESOURCES: &[ResourceSupport] = &[
         interactions: &[Read, Vread, SearchType],
         search_params: &[PATIENT, SUBJECT, CODE, CATEGORY, DATE],
     },
+    // CGM transmitters (Dexcom), which sensor readings reference in `device`.
+    ResourceSupport { resource_type: "Device", interactions: &[Read, Vread], search_params: &[] },
     ResourceSupport {
         resource_type: "Procedure",
         interactions: &[Read, Vread, SearchType],

@@ -8,6 +8,7 @@ use crate::store::StoredResource;
 
 pub mod activity;
 pub mod capability;
+pub mod cgm;
 pub mod draft;
 mod resources;
 pub mod search;

@@ -430,6 +430,23 @@ pub async fn read_procedure(
     Ok(resource_response(StatusCode::OK, &fhir::read(&s, &principal, "Procedure", &id).await?))
 }
 
+/// A device that measured synced data (a CGM transmitter), referenced by its readings.
+#[utoipa::path(get, path = "/fhir/R4/Device/{id}", tag = "fhir", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), FormatParam),
+    responses((status = 200, description = "The Device", content_type = "application/fhir+json", body = FhirResourceDoc),
+        (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
+pub async fn read_device(
+    State(s): State<Arc<Services>>,
+    principal: Principal,
+    _format: FhirFormat,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    Ok(resource_response(StatusCode::OK, &fhir::read(&s, &principal, "Device", &id).await?))
+}
+
 /// One version of a resource.
 #[utoipa::path(get, path = "/fhir/R4/{type}/{id}/_history/{vid}", tag = "fhir", security(("bearer" = [])),
     params(("type" = String, Path), ("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), ("vid" = String, Path), FormatParam),

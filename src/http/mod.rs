@@ -112,6 +112,7 @@ fn routes() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .routes(routes!(fhir::search_endpoints))
         .routes(routes!(fhir::read_observation))
         .routes(routes!(fhir::read_procedure))
+        .routes(routes!(fhir::read_device))
         .routes(routes!(fhir::search_observations))
         .routes(routes!(fhir::search_procedures))
         .routes(routes!(fhir::read_version))

@@ -22,6 +22,9 @@ pub struct ConnectBody {
     pub patient_id: String,
     /// Where to send the user after the callback. Defaults to a JSON success page.
     pub redirect_uri: Option<String>,
+    /// The provider region of the user's account, for providers with regions (Dexcom: `us`,
+    /// `eu`, `jp`; default `us`); 422 for a region the provider does not have.
+    pub region: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -105,7 +108,12 @@ pub async fn connect(
         &s,
         &principal,
         &provider,
-        ConnectRequest { patient_id: body.patient_id, redirect_uri: body.redirect_uri, session: None },
+        ConnectRequest {
+            patient_id: body.patient_id,
+            redirect_uri: body.redirect_uri,
+            session: None,
+            region: body.region,
+        },
     )
     .await?;
     Ok(no_store(

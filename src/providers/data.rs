@@ -130,6 +130,16 @@ pub trait DataSource: Send + Sync {
     fn resource_ids(&self, ctx: &MapContext, object: &ObjectRef) -> Vec<(&'static str, String)>;
     /// The rate-limit windows an answer's headers describe (empty when it sends none).
     fn rate_windows(&self, headers: &HeaderMap, now: i64) -> Vec<RateWindow>;
+    /// For a provider without webhooks: how often each connection is polled, ± a jitter (the
+    /// recurring reconciliation pass becomes the poll). `None`: webhooks keep it current.
+    fn poll_every(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        None
+    }
+    /// How far before the previous poll's end a poll starts reading again: data that arrives
+    /// late at the provider (idempotent writes keep what did not change).
+    fn poll_overlap(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// A provider's API as one connection's sync sees it: its base, the user's access token, and the

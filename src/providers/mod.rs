@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub mod data;
+pub mod dexcom;
 pub mod garmin;
 pub mod google;
 pub mod oura;
@@ -38,7 +39,22 @@ pub use polar::verify_signature as verify_polar_signature;
 
 /// Every built-in provider's slug (config reads URL overrides for each).
 pub const SLUGS: &[&str] =
-    &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG, garmin::SLUG, google::SLUG, withings::SLUG];
+    &[strava::SLUG, polar::SLUG, oura::SLUG, whoop::SLUG, garmin::SLUG, google::SLUG, withings::SLUG, dexcom::SLUG];
+
+/// The regions (and environments) of providers whose hosts differ by region, by slug: config
+/// reads a host override `WEARLINK_PROVIDER_<SLUG>_REGION_<REGION>_URL` for each.
+pub const REGIONS: &[(&str, &[&str])] = &[(dexcom::SLUG, dexcom::HOSTS)];
+
+/// A setting of a provider's own, per project: `WEARABLE_<SLUG>_<NAME>`, one of `values` (the
+/// first is the default). Declared by the provider, validated and stored by `projects`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProviderSetting {
+    pub name: &'static str,
+    pub values: &'static [&'static str],
+}
+
+/// A provider's own settings in one project: name (without the prefix) → value (or its default).
+pub type ProviderSettings = std::collections::BTreeMap<&'static str, String>;
 
 /// Overrides of a provider's URLs; `None` keeps the provider's public default.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +71,9 @@ pub struct ProviderUrls {
     /// The provider's public key for payload signatures, where it signs with one (Google Health's
     /// `X-HEALTHAPI-SIGNATURE`, ECDSA P-256; PEM); the check is skipped without it.
     pub signature_key: Option<String>,
+    /// Host overrides by region (`WEARLINK_PROVIDER_<SLUG>_REGION_<REGION>_URL`), for providers
+    /// whose hosts differ by region (`REGIONS`).
+    pub regions: HashMap<String, Url>,
     /// The provider's short rate-limit window, where it is clock-aligned and not announced in
     /// headers (Strava's 15 minutes); shorter only to compress time in tests.
     pub short_rate_window: Option<std::time::Duration>,
@@ -123,6 +142,8 @@ pub struct AuthorizeRequest<'a> {
     pub state: &'a str,
     /// The PKCE S256 challenge, for providers that `uses_pkce`.
     pub code_challenge: Option<&'a str>,
+    /// The connection's region (`Provider::region_for`), for providers with regions.
+    pub region: Option<&'a str>,
 }
 
 /// What a code exchange carries.
@@ -131,6 +152,8 @@ pub struct CodeExchange<'a> {
     pub redirect_uri: &'a Url,
     /// The PKCE verifier kept with the state.
     pub code_verifier: Option<&'a SecretString>,
+    /// The connection's region, as at authorize.
+    pub region: Option<&'a str>,
 }
 
 /// A new PKCE S256 pair (RFC 7636): `(challenge, verifier)`.
@@ -244,6 +267,38 @@ pub trait Provider: Send + Sync {
     ) -> Result<RefreshedTokens, ProviderError> {
         Err(ProviderError::InvalidGrant)
     }
+    /// `refresh` for a connection in `region` (providers with regions refresh at that region's
+    /// token endpoint).
+    async fn refresh_in(
+        &self,
+        http: &ProviderHttp,
+        credentials: &ClientCredentials,
+        refresh_token: &SecretString,
+        _region: Option<&str>,
+    ) -> Result<RefreshedTokens, ProviderError> {
+        self.refresh(http, credentials, refresh_token).await
+    }
+    /// Settings of the provider's own (see `ProviderSetting`).
+    fn settings(&self) -> &'static [ProviderSetting] {
+        &[]
+    }
+    /// The regions a connect may name (the first is the default); empty when the provider has
+    /// one set of hosts.
+    fn regions(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The region a new connection lives in, from what the connect request asked and the
+    /// project's provider settings; `Err` names what is wrong with the request (422).
+    fn region_for(&self, requested: Option<&str>, _settings: &ProviderSettings) -> Result<Option<String>, String> {
+        match requested {
+            None => Ok(None),
+            Some(_) => Err(format!("{} has no regions: leave region out", self.display_name())),
+        }
+    }
+    /// The URLs of a connection in `region` (`None`: the provider's default hosts).
+    fn urls_for(&self, _region: Option<&str>) -> &ResolvedUrls {
+        self.urls()
+    }
     /// Revokes our access at the provider. Access that is already gone counts as revoked.
     async fn revoke(&self, http: &ProviderHttp, target: &RevocationTarget<'_>) -> Result<(), ProviderError>;
     /// The provider's data API, when Wearlink syncs its data.
@@ -276,6 +331,7 @@ impl Registry {
             Arc::new(garmin::Garmin::new(overrides.get(garmin::SLUG))),
             Arc::new(google::Google::new(overrides.get(google::SLUG))),
             Arc::new(withings::Withings::new(overrides.get(withings::SLUG))),
+            Arc::new(dexcom::Dexcom::new(overrides.get(dexcom::SLUG))),
         ];
         Self { providers: all.into_iter().map(|p| (p.slug(), p)).collect() }
     }

@@ -186,6 +186,8 @@ pub struct OAuthStateRecord {
     pub session: Option<StateSession>,
     /// The PKCE verifier (`Provider::uses_pkce`), sealed to the state: never sent to the browser.
     pub code_verifier: Option<Sealed>,
+    /// The provider region (or environment) chosen at connect (`Provider::region_for`).
+    pub region: Option<String>,
 }
 
 /// The connect session a state came from, and that session's token sealed to the state, so the
@@ -218,6 +220,9 @@ pub struct ConnectionRecord {
     pub refresh_failures: i64,
     /// No refresh attempt before this (backoff and cooldown).
     pub next_attempt_at: Option<i64>,
+    /// The provider region (or environment) the connection lives in; its calls go to that
+    /// region's hosts (`Provider::urls_for`). `None`: the provider's only hosts.
+    pub region: Option<String>,
 }
 
 /// A disconnect whose upstream revoke has not succeeded yet.

@@ -50,6 +50,7 @@ macro_rules! impl_sql_store {
                 (Some(key_id), Some(blob)) => Some(Sealed { key_id, blob }),
                 _ => None,
             },
+            region: row.try_get("region")?,
         })
     }
 
@@ -75,6 +76,7 @@ macro_rules! impl_sql_store {
             last_error: row.try_get("last_error")?,
             refresh_failures: row.try_get("refresh_failures")?,
             next_attempt_at: row.try_get("next_attempt_at")?,
+            region: row.try_get("region")?,
         })
     }
 
@@ -352,8 +354,8 @@ macro_rules! impl_sql_store {
             let session = state.session.as_ref();
             sqlx::query(
                 "INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                                           session_id, session_key_id, session_token, verifier_key_id, code_verifier)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                           session_id, session_key_id, session_token, verifier_key_id, code_verifier, region)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(&state.state_hash)
             .bind(&state.project_id)
@@ -367,6 +369,7 @@ macro_rules! impl_sql_store {
             .bind(session.map(|s| s.token.blob.clone()))
             .bind(state.code_verifier.as_ref().map(|v| v.key_id.clone()))
             .bind(state.code_verifier.as_ref().map(|v| v.blob.clone()))
+            .bind(&state.region)
             .execute(&mut *self.writer().await?)
             .await?;
             Ok(())
@@ -378,16 +381,16 @@ macro_rules! impl_sql_store {
             }
             let sql = format!(
                 "WITH v (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                         session_id, session_key_id, session_token, verifier_key_id, code_verifier) AS
+                         session_id, session_key_id, session_token, verifier_key_id, code_verifier, region) AS
                      (VALUES {})
                  INSERT INTO oauth_states (state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                                           session_id, session_key_id, session_token, verifier_key_id, code_verifier)
+                                           session_id, session_key_id, session_token, verifier_key_id, code_verifier, region)
                  SELECT state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                        session_id, session_key_id, session_token, verifier_key_id, code_verifier FROM v
+                        session_id, session_key_id, session_token, verifier_key_id, code_verifier, region FROM v
                  WHERE EXISTS (SELECT 1 FROM fhir_resources r
                                WHERE r.resource_type = 'Patient' AND r.id = v.patient_id AND r.project_id = v.project_id)
                  RETURNING state_hash",
-                $crate::store::sql::value_rows(states.len(), 12, |p| format!("({})", p.join(", "))),
+                $crate::store::sql::value_rows(states.len(), 13, |p| format!("({})", p.join(", "))),
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for state in states {
@@ -404,7 +407,8 @@ macro_rules! impl_sql_store {
                     .bind(session.map(|s| s.token.key_id.clone()))
                     .bind(session.map(|s| s.token.blob.clone()))
                     .bind(state.code_verifier.as_ref().map(|v| v.key_id.clone()))
-                    .bind(state.code_verifier.as_ref().map(|v| v.blob.clone()));
+                    .bind(state.code_verifier.as_ref().map(|v| v.blob.clone()))
+                    .bind(&state.region);
             }
             Ok(query.fetch_all(&mut *self.writer().await?).await?.into_iter().map(|(hash,)| hash).collect())
         }
@@ -416,7 +420,7 @@ macro_rules! impl_sql_store {
             let sql = format!(
                 "DELETE FROM oauth_states WHERE state_hash IN {}
                  RETURNING state_hash, project_id, patient_id, provider, redirect_uri, created_at, expires_at,
-                           session_id, session_key_id, session_token, verifier_key_id, code_verifier",
+                           session_id, session_key_id, session_token, verifier_key_id, code_verifier, region",
                 $crate::store::sql::parameter_list(state_hashes.len()),
             );
             let mut query = sqlx::query(&sql);
@@ -559,16 +563,17 @@ macro_rules! impl_sql_store {
             let sql = format!(
                 "INSERT INTO connections (endpoint_id, project_id, patient_id, provider, remote_user_id, scopes, status,
                      token_key_id, token_ciphertext, has_refresh_token, expires_at, connected_at, updated_at,
-                     last_refreshed_at, last_error, refresh_failures, next_attempt_at, lease_owner, lease_until)
+                     last_refreshed_at, last_error, refresh_failures, next_attempt_at, lease_owner, lease_until, region)
                  VALUES {}
                  ON CONFLICT (endpoint_id) DO UPDATE SET remote_user_id = excluded.remote_user_id,
                      scopes = excluded.scopes, status = excluded.status, token_key_id = excluded.token_key_id,
                      token_ciphertext = excluded.token_ciphertext, has_refresh_token = excluded.has_refresh_token,
                      expires_at = excluded.expires_at, connected_at = excluded.connected_at,
                      updated_at = excluded.updated_at, last_refreshed_at = NULL, last_error = NULL,
-                     refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL",
-                $crate::store::sql::value_rows(items.len(), 13, |p| {
-                    format!("({}, NULL, NULL, 0, NULL, NULL, NULL)", p.join(", "))
+                     refresh_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL,
+                     region = excluded.region",
+                $crate::store::sql::value_rows(items.len(), 14, |p| {
+                    format!("({}, NULL, NULL, 0, NULL, NULL, NULL, {})", p[..13].join(", "), p[13])
                 }),
             );
             let mut query = sqlx::query(&sql);
@@ -586,7 +591,8 @@ macro_rules! impl_sql_store {
                     .bind(i64::from(c.has_refresh_token))
                     .bind(c.expires_at)
                     .bind(c.connected_at)
-                    .bind(c.updated_at);
+                    .bind(c.updated_at)
+                    .bind(&c.region);
             }
             query.execute(&mut *tx).await?;
             // The platform hears of it with the change, or not at all.

@@ -41,7 +41,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
     let mode = job.payload.get("mode").and_then(Value::as_str).unwrap_or("backfill").to_string();
     let mut payload = job.payload.clone();
     if payload.get("range").is_none() {
-        let range = first_range(services, job, &mode).await?;
+        let range = first_range(services, job, session.source(), &mode).await?;
         payload["range"] = json!(range);
         if mode != "reconcile" {
             let update =
@@ -79,7 +79,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                     Ok(data) => data,
                     Err(e) => {
                         // Keep what this page already fetched, and where it stopped.
-                        let written = flush(services, &session, job, &mode, drafts, done).await?;
+                        let written = flush(services, &session, job, &mode, drafts, done, &mut payload).await?;
                         payload["skip"] = json!(skip as i64 + done);
                         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
                         count_found(&mut payload, &mode, &written);
@@ -96,7 +96,7 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
                 }
             }
         }
-        let written = flush(services, &session, job, &mode, drafts, done).await?;
+        let written = flush(services, &session, job, &mode, drafts, done, &mut payload).await?;
         count_found(&mut payload, &mode, &written);
         payload["done"] = json!(int(&payload, "/done").unwrap_or(0) + done);
         payload["skip"] = json!(0);
@@ -116,7 +116,9 @@ pub async fn run(services: &Services, job: &Job, mut lease: Lease) -> crate::Res
     finished(services, &lease, job, &session, &mode, &payload).await
 }
 
-/// Writes a page's drafts and counts the items done.
+/// Writes a page's drafts and counts the items done; the days whose CGM readings changed are
+/// noted in the job's payload, summarized once when the job ends (`finished`).
+#[allow(clippy::too_many_arguments)]
 async fn flush(
     services: &Services,
     session: &Session<'_>,
@@ -124,8 +126,11 @@ async fn flush(
     mode: &str,
     drafts: Vec<ResourceDraft>,
     items_done: i64,
+    payload: &mut Value,
 ) -> crate::Result<Written> {
+    let readings = super::cgm::reading_days(&drafts);
     let written = writer::write(services, &session.context, drafts).await?;
+    super::cgm::note_changed_days(payload, &readings, &written);
     if items_done > 0 || !written.changed.is_empty() {
         let update = SyncUpdate {
             // A reconciliation pass is no backfill: its objects are not the backfill's progress.
@@ -155,18 +160,25 @@ async fn finished(
     // The claim's clock, when it runs ahead (tests move it): the next pass must come after it.
     let now = now_ms().max(lease.now);
     let c = &session.connection;
+    // Late data, a first backfill: the days whose readings changed are summarized again.
+    super::cgm::summarize_noted_days(services, &session.context, payload).await?;
     if mode == "reconcile" {
         let found = int(payload, "/found").unwrap_or(0);
-        if found > 0 {
+        let polled = session.source().poll_every().is_some();
+        if polled {
+            tracing::info!(provider = %c.provider, found, "poll finished");
+        } else if found > 0 {
             services.sync_counters.reconcile_found.fetch_add(found as u64, Ordering::Relaxed);
             tracing::warn!(provider = %c.provider, found, "reconciliation found data no webhook announced (check the webhook subscription)");
         } else {
             tracing::info!(provider = %c.provider, "reconciliation found nothing missed");
         }
         // The pass is recurring: it parks itself until the next one.
+        // A poll's next pass reads on from where this one ended (less the overlap).
+        let since = int(payload, "/range/to").unwrap_or(now);
         let next = JobOutcome::Park {
-            due_at: next_reconcile(services, now),
-            payload: json!({ "mode": "reconcile" }),
+            due_at: next_reconcile(services, session.source(), now),
+            payload: json!({ "mode": "reconcile", "since": since }),
             note: None,
         };
         return complete(services, lease, job, next).await;
@@ -181,7 +193,9 @@ async fn finished(
     }
     let update = SyncUpdate { synced_at: Some(now), error: Some(None), ..Default::default() };
     services.store.update_sync_status(&job.project_id, &c.endpoint_id, &update, now).await?;
-    services.store.enqueue_jobs(&[reconcile_job(services, &job.project_id, &c.endpoint_id, now)]).await?;
+    let range_end = int(payload, "/range/to").unwrap_or(now);
+    let pass = reconcile_job(services, session.source(), &job.project_id, &c.endpoint_id, range_end, now);
+    services.store.enqueue_jobs(&[pass]).await?;
     tracing::info!(provider = %c.provider, endpoint = %c.endpoint_id, mode, "backfill finished");
     let source = crate::events::SyncSource::from(&session.context);
     let range = payload.get("range").cloned().unwrap_or_default();
@@ -204,10 +218,22 @@ async fn push_arrived(services: &Services, job: &Job, endpoint_id: &str, since: 
 
 /// The range a new job covers: the project's backfill days before the job was queued, the
 /// reconciliation window before now, or the resync's own range.
-async fn first_range(services: &Services, job: &Job, mode: &str) -> crate::Result<TimeRange> {
+async fn first_range(
+    services: &Services,
+    job: &Job,
+    source: &dyn crate::providers::DataSource,
+    mode: &str,
+) -> crate::Result<TimeRange> {
     let now = now_ms();
     if mode == "reconcile" {
-        return Ok(TimeRange { from: now - services.config.sync.reconcile_window.as_millis() as i64, to: now });
+        let window = now - services.config.sync.reconcile_window.as_millis() as i64;
+        // A poll reads on from the previous pass's end, less the overlap where late data lands
+        // (so passes missed meanwhile are caught up too).
+        let from = match (source.poll_every(), int(&job.payload, "/since")) {
+            (Some(_), Some(since)) => since - source.poll_overlap().as_millis() as i64,
+            _ => window,
+        };
+        return Ok(TimeRange { from, to: now });
     }
     let settings = crate::projects::stored_settings(services, &job.project_id).await?;
     let days = settings

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::providers::DataSource;
 use crate::store::sync::{Job, NewJob};
 use crate::store::{Lease, WebhookEvent};
 use crate::Services;
 
 mod backfill;
+mod cgm;
 mod events;
 mod session;
 pub mod status;
@@ -139,24 +141,39 @@ fn resync_job(project_id: &str, endpoint_id: &str, from: i64, to: i64, now: i64)
     }
 }
 
-/// The connection's recurring reconciliation pass, first due `after` from now (jittered).
-fn reconcile_job(services: &Services, project_id: &str, endpoint_id: &str, now: i64) -> NewJob {
+/// The connection's recurring reconciliation pass (the poll, for a provider without webhooks),
+/// first due one interval from now (jittered).
+fn reconcile_job(
+    services: &Services,
+    source: &dyn DataSource,
+    project_id: &str,
+    endpoint_id: &str,
+    since: i64,
+    now: i64,
+) -> NewJob {
     NewJob {
         id: uuid::Uuid::new_v4().to_string(),
         kind: RECONCILE.into(),
         project_id: project_id.into(),
         endpoint_id: Some(endpoint_id.into()),
         unique_key: Some(format!("reconcile:{endpoint_id}")),
-        payload: json!({ "mode": "reconcile" }),
+        payload: json!({ "mode": "reconcile", "since": since }),
         priority: PRIORITY_RECONCILE,
-        due_at: next_reconcile(services, now),
+        due_at: next_reconcile(services, source, now),
     }
 }
 
-/// `now` + the reconcile interval ± 10 %, so passes of connections made together spread out.
-fn next_reconcile(services: &Services, now: i64) -> i64 {
-    let every = services.config.sync.reconcile_every.as_millis() as i64;
-    let jitter = (every / 10).max(1);
+/// `now` + the reconcile interval ± 10 % (a polled provider's own interval and jitter), so
+/// passes of connections made together spread out.
+fn next_reconcile(services: &Services, source: &dyn DataSource, now: i64) -> i64 {
+    let (every, jitter) = match source.poll_every() {
+        Some((every, jitter)) => (every.as_millis() as i64, jitter.as_millis() as i64),
+        None => {
+            let every = services.config.sync.reconcile_every.as_millis() as i64;
+            (every, every / 10)
+        }
+    };
+    let jitter = jitter.max(1);
     now + every + rand::Rng::gen_range(&mut rand::thread_rng(), -jitter..=jitter)
 }
 

@@ -116,7 +116,8 @@ impl<'s> Session<'s> {
     /// The provider's API for one call of `operation` (as the metrics name it).
     fn api(&self, operation: &'static str) -> DataApi<'_> {
         let call = (self.provider.slug(), operation);
-        DataApi::new(&self.services.http, call, &self.provider.urls().api, self.token.clone())
+        let urls = self.provider.urls_for(self.connection.region.as_deref());
+        DataApi::new(&self.services.http, call, &urls.api, self.token.clone())
     }
 
     async fn reserve(&self) -> Result<(), CallError> {

@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod dexcom;
 mod garmin;
 mod google;
 mod oura;

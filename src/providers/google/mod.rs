@@ -517,7 +517,12 @@ mod tests {
         let redirect = Url::parse("https://wl.example/v1/wearables/google/callback").unwrap();
         let url = g.authorization_url(
             &credentials,
-            &AuthorizeRequest { redirect_uri: &redirect, state: "st", code_challenge: Some("c".repeat(43).as_str()) },
+            &AuthorizeRequest {
+                redirect_uri: &redirect,
+                state: "st",
+                code_challenge: Some("c".repeat(43).as_str()),
+                region: None,
+            },
         );
         let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(q["access_type"], "offline");

@@ -312,8 +312,12 @@ mod tests {
     fn the_authorize_url_asks_for_offline_and_profile_with_spaces() {
         let whoop = Whoop::new(None);
         let redirect = Url::parse("https://wearlink.example/v1/wearables/whoop/callback").unwrap();
-        let request =
-            AuthorizeRequest { redirect_uri: &redirect, state: "state-of-many-characters", code_challenge: None };
+        let request = AuthorizeRequest {
+            redirect_uri: &redirect,
+            state: "state-of-many-characters",
+            code_challenge: None,
+            region: None,
+        };
         let url = whoop.authorization_url(&credentials(), &request);
         assert!(url.as_str().starts_with("https://api.prod.whoop.com/oauth/oauth2/auth?"));
         let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();

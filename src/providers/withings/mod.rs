@@ -544,7 +544,7 @@ mod tests {
         let redirect = Url::parse("https://wl.example/v1/wearables/withings/callback").unwrap();
         let url = w.authorization_url(
             &credentials,
-            &AuthorizeRequest { redirect_uri: &redirect, state: "st", code_challenge: None },
+            &AuthorizeRequest { redirect_uri: &redirect, state: "st", code_challenge: None, region: None },
         );
         let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(q["scope"], "user.info,user.metrics,user.activity,user.sleepevents");
