@@ -366,8 +366,18 @@ async fn complete(
     })?;
     let member_id = &sha256_hex(&format!("wearlink-member:{}:{}", state.project_id, state.patient_id))[..32];
     let webhook_url = crate::webhooks::webhook_url(services, slug, &state.project_id);
-    let webhook_secret =
+    let mut webhook_secret =
         projects::webhook_secret(services, &state.project_id, slug).await.map_err(|e| server_error(&e))?;
+    if webhook_secret.is_none() && provider.webhook_secret_at_connect() {
+        // Made once per project, then read back: of two first connects racing, both use what was
+        // stored last unless one read before the other wrote (its notifications would then be
+        // refused, and reconciliation still brings its data).
+        let key = projects::secret_key(slug, "WEBHOOK_SECRET");
+        let made = crate::crypto::random_token(24);
+        projects::put_internal_secret(services, &state.project_id, &key, &made).await.map_err(|e| server_error(&e))?;
+        webhook_secret =
+            projects::webhook_secret(services, &state.project_id, slug).await.map_err(|e| server_error(&e))?;
+    }
     let webhook = crate::providers::WebhookTarget { url: &webhook_url, secret: webhook_secret.as_ref() };
     let ctx = crate::providers::ConnectContext { member_id, webhook };
     provider.after_connect(&services.http, &tokens, &ctx).await.map_err(|e: ProviderError| {

@@ -255,6 +255,12 @@ pub trait Provider: Send + Sync {
     ) -> Result<(), ProviderError> {
         Ok(())
     }
+    /// Whether `after_connect` subscribes the user with a callback URL that carries the project's
+    /// webhook secret (Withings, which signs nothing): one is made first when none is on file, so
+    /// no notification is ever accepted without it.
+    fn webhook_secret_at_connect(&self) -> bool {
+        false
+    }
     /// Whether `refresh` can renew tokens (Polar's never expire by refresh: there is no refresh token).
     fn supports_refresh(&self) -> bool {
         false

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use wearlink::time::now_ms;
 
 use crate::stories::{app_for, connected, connection, deliver, search, sync_all, Case, Delivery};
-use crate::support::{problem_code, Backend, FhirPartner, TestApp};
+use crate::support::{problem_code, Backend, FhirPartner, Options, TestApp};
 
 const CLIENT_ID: &str = "withings-client-7b2e";
 const CLIENT_SECRET: &str = "withings-client-secret-91d0";
@@ -489,6 +489,7 @@ crate::own_stories!(
     a_deleted_measure_becomes_entered_in_error,
     an_expired_token_in_the_envelope_is_refreshed_once,
     notifications_of_unknown_users_are_refused,
+    without_a_webhook_secret_the_first_connect_makes_one_and_notifications_need_it,
     a_night_and_a_day_arrive_as_valid_r4,
 );
 
@@ -683,6 +684,38 @@ async fn notifications_of_unknown_users_are_refused(backend: Backend) {
     assert_eq!(problem_code(&body, status), "malformed_json");
     let (_, events) = app.get("/v1/wearables/events").await;
     assert_eq!(events["events"], json!([]), "{events}");
+}
+
+/// Withings signs nothing, so the `?token=` of the callback URL is all a forger lacks: a project
+/// that set no webhook secret gets one made at its first connect, the subscriptions carry it, and
+/// a notification without it — even naming a connected user — is refused (401) and not stored.
+async fn without_a_webhook_secret_the_first_connect_makes_one_and_notifications_need_it(backend: Backend) {
+    let case = WithingsCase::start().await;
+    let app = TestApp::spawn_with(backend, Options { env: case.env(), ..Options::default() }).await;
+    let (id, secret) = case.client();
+    app.configure_with("withings", &id, &secret).await;
+    let (_, _, user) = connected(&case, &app).await;
+    let callbacks: HashSet<String> = case.stand_in.subscriptions().iter().map(|(_, _, c)| c.clone()).collect();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    let callback = url::Url::parse(callbacks.iter().next().unwrap()).unwrap();
+    let token = callback.query_pairs().find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
+    let token = token.expect("the subscribed URL carries a token");
+    assert!(token.len() >= 32, "a random secret, not a placeholder");
+    let (_, secrets) = app.get("/v1/project/secrets").await;
+    assert!(secrets.to_string().contains("WEARABLE_WITHINGS_WEBHOOK_SECRET"), "{secrets}");
+
+    let t = now_ms() / 1000;
+    let (status, body) = deliver(&app, "withings", &case.notification(&user, 46, t, t, "forged")).await;
+    assert_eq!(status, S::UNAUTHORIZED, "{body}");
+    let mut unlink = case.notification(&user, 46, t, t, "");
+    unlink.query.clear();
+    unlink.body = format!("userid={user}&appli=46&action=unlink").into_bytes();
+    let (status, body) = deliver(&app, "withings", &unlink).await;
+    assert_eq!(status, S::UNAUTHORIZED, "{body}");
+    let (_, events) = app.get("/v1/wearables/events").await;
+    assert_eq!(events["events"], json!([]), "nothing stored: {events}");
+    let (status, body) = deliver(&app, "withings", &case.notification(&user, 1, t, t, &token)).await;
+    assert_eq!(status, S::OK, "{body}");
 }
 
 /// A sleep summary (appli 44) and a day of activity (appli 16): the night's duration and stages

@@ -224,6 +224,10 @@ impl Provider for Withings {
         "Withings"
     }
 
+    fn webhook_secret_at_connect(&self) -> bool {
+        true
+    }
+
     fn urls(&self) -> &ResolvedUrls {
         &self.urls
     }
@@ -432,11 +436,12 @@ impl Notification {
 }
 
 impl Withings {
-    /// With a webhook secret set, the callback URL carries it as `?token=`: compared in constant
-    /// time, else 401.
+    /// The callback URL carries the project's webhook secret as `?token=` (made at the first
+    /// connect when none was set): compared in constant time, else 401. Without a secret nothing
+    /// is accepted — an unsigned form naming a guessable `userid` could otherwise unlink anyone.
     fn check_token(request: &WebhookRequest<'_>, keys: &WebhookKeys<'_>) -> Result<(), WebhookError> {
         match keys.webhook_secret {
-            None => Ok(()),
+            None => Err(WebhookError::InvalidSignature),
             Some(secret) => match request.query("token") {
                 Some(given) if constant_time_eq(given, secret.expose_secret()) => Ok(()),
                 _ => Err(WebhookError::InvalidSignature),
@@ -520,7 +525,8 @@ mod tests {
         assert!(matches!(w.handshake(&request(&wrong), &keys), Err(WebhookError::InvalidSignature)));
         assert!(w.handshake(&request(&good), &keys).is_ok());
         let open = WebhookKeys { webhook_secret: None, client: None, subscription: None, now_ms: 0 };
-        assert!(w.handshake(&request(&[]), &open).is_ok());
+        assert!(w.handshake(&request(&[]), &open).is_err(), "no secret: nothing is accepted");
+        assert!(w.receive(&request(&good), &open).is_err());
     }
 
     #[test]
