@@ -210,7 +210,10 @@ pub fn summarize(readings: &[Counted]) -> Option<DaySummary> {
         })
         .collect();
     let n = values.len() as f64;
-    let share = |f: &dyn Fn(f64) -> bool| round1(values.iter().filter(|v| f(**v)).count() as f64 / n * 100.0);
+    // The ranges are bounded in whole mg/dL, which the consensus equates with 3.0 / 3.9 / 10.0 /
+    // 13.9 mmol/L: a molar reading converted exactly (10.0 → 180.16) would fall a range too high,
+    // so readings are put in ranges at whole mg/dL (Dexcom's mg/dL values are whole already).
+    let share = |f: &dyn Fn(f64) -> bool| round1(values.iter().filter(|v| f(v.round())).count() as f64 / n * 100.0);
     let mean = values.iter().sum::<f64>() / n;
     let cv_percent = (values.len() >= 2).then(|| {
         let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
@@ -359,5 +362,17 @@ mod tests {
         assert_eq!(high["interpretation"][0]["coding"][0]["code"], ">");
         assert_eq!(high["device"]["reference"], "Device/d");
         assert_eq!(counted(&high), Some(Counted::OffScale(OffScale::High)));
+    }
+
+    #[test]
+    fn molar_readings_fall_in_the_ranges_their_mmol_l_bounds_name() {
+        let mmol = |v: f64| Counted::MgDl(v * MG_DL_PER_MMOL_L);
+        // 2.9 very low; 3.0 low; 3.9 and 10.0 in range; 13.9 high; 14.0 very high.
+        let s = summarize(&[mmol(2.9), mmol(3.0), mmol(3.9), mmol(10.0), mmol(13.9), mmol(14.0)]).unwrap();
+        let third = round1(100.0 / 6.0);
+        assert_eq!(
+            (s.very_low, s.low, s.in_range, s.high, s.very_high),
+            (third, third, round1(200.0 / 6.0), third, third)
+        );
     }
 }

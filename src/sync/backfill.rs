@@ -130,7 +130,7 @@ async fn flush(
 ) -> crate::Result<Written> {
     let readings = super::cgm::reading_days(&drafts);
     let written = writer::write(services, &session.context, drafts).await?;
-    super::cgm::note_changed_days(payload, &readings, &written);
+    super::cgm::note_reading_days(payload, &readings);
     if items_done > 0 || !written.changed.is_empty() {
         let update = SyncUpdate {
             // A reconciliation pass is no backfill: its objects are not the backfill's progress.
@@ -160,7 +160,7 @@ async fn finished(
     // The claim's clock, when it runs ahead (tests move it): the next pass must come after it.
     let now = now_ms().max(lease.now);
     let c = &session.connection;
-    // Late data, a first backfill: the days whose readings changed are summarized again.
+    // Late data, a first backfill: the days the job read readings of are summarized again.
     super::cgm::summarize_noted_days(services, &session.context, payload).await?;
     if mode == "reconcile" {
         let found = int(payload, "/found").unwrap_or(0);

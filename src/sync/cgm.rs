@@ -1,15 +1,15 @@
-//! The daily CGM summary (`crate::fhir::cgm`), provider-neutral: whenever sensor readings of a
-//! patient are written and any changed (a backfill, late data on the next poll), each UTC day they
-//! fall in is summarized again from the readings *stored* for that patient and day — whatever
-//! connection wrote them — and written like any other resource (an unchanged summary keeps its
-//! version).
+//! The daily CGM summary (`crate::fhir::cgm`), provider-neutral: whenever a sync job reads sensor
+//! readings of a patient (a backfill, late data on the next poll), each UTC day they fall in is
+//! summarized again, once, when the job ends, from the readings *stored* for that patient and
+//! day — whatever connection wrote them — and written like any other resource (an unchanged
+//! summary keeps its version).
 
 use std::collections::BTreeSet;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use serde_json::Value;
 
-use super::writer::{self, Written};
+use super::writer;
 use crate::fhir::cgm::{self, counted};
 use crate::fhir::{MapContext, ResourceDraft};
 use crate::store::sync::{DateBound, ResourceQuery, TokenParam};
@@ -38,27 +38,23 @@ pub fn reading_days(drafts: &[ResourceDraft]) -> Vec<(String, NaiveDate)> {
 /// The job payload's list of days to summarize (`summarize`: `YYYY-MM-DD`s).
 const NOTED: &str = "summarize";
 
-/// Adds to the job's payload each day with a reading that was created or changed. Noted rather
-/// than summarized at once: a page is a day of readings, and summarizing after each page read a
-/// day's stored readings back twice per page (bench/sync.sh: most of the backfill's time).
-pub fn note_changed_days(payload: &mut Value, readings: &[(String, NaiveDate)], written: &Written) {
-    if readings.is_empty() || written.changed.is_empty() {
+/// Adds to the job's payload each day with a reading in the page, written or re-read unchanged.
+/// Noted rather than summarized at once: a page is a day of readings, and summarizing after each
+/// page read a day's stored readings back twice per page (bench/sync.sh: most of the backfill's
+/// time). Unchanged readings count too: a job cut after a page was written but before its
+/// checkpoint re-reads that page, finds it unchanged, and must still summarize its day (an
+/// unchanged summary keeps its version, so noting too much costs a read, never a write).
+pub fn note_reading_days(payload: &mut Value, readings: &[(String, NaiveDate)]) {
+    if readings.is_empty() {
         return;
     }
-    let changed: std::collections::HashSet<&str> =
-        written.changed.iter().filter_map(|c| c.strip_prefix("Observation/")).collect();
     let mut days: BTreeSet<String> = payload
         .get(NOTED)
         .and_then(Value::as_array)
         .map(|days| days.iter().filter_map(|d| d.as_str().map(String::from)).collect())
         .unwrap_or_default();
     let before = days.len();
-    days.extend(
-        readings
-            .iter()
-            .filter(|(id, _)| changed.contains(id.as_str()))
-            .map(|(_, day)| day.format("%Y-%m-%d").to_string()),
-    );
+    days.extend(readings.iter().map(|(_, day)| day.format("%Y-%m-%d").to_string()));
     if days.len() != before {
         payload[NOTED] = Value::from(days.into_iter().collect::<Vec<_>>());
     }
@@ -117,17 +113,15 @@ mod tests {
     }
 
     #[test]
-    fn only_days_with_changed_readings_are_noted_once() {
-        let readings = vec![("a".to_string(), day("2026-03-14")), ("b".to_string(), day("2026-03-15"))];
+    fn every_day_with_a_reading_is_noted_once() {
         let mut payload = json!({});
-        let unchanged = Written { unchanged: 2, ..Written::default() };
-        note_changed_days(&mut payload, &readings, &unchanged);
-        assert!(payload.get(NOTED).is_none(), "unchanged readings change no summary");
-        let written = Written { created: 1, changed: vec!["Observation/b".into()], ..Written::default() };
-        note_changed_days(&mut payload, &readings, &written);
+        note_reading_days(&mut payload, &[]);
+        assert!(payload.get(NOTED).is_none(), "a page without readings notes nothing");
+        note_reading_days(&mut payload, &[("b".to_string(), day("2026-03-15"))]);
         assert_eq!(payload[NOTED], json!(["2026-03-15"]));
-        let both = Written { changed: vec!["Observation/a".into(), "Observation/b".into()], ..Written::default() };
-        note_changed_days(&mut payload, &readings, &both);
+        let readings = vec![("a".to_string(), day("2026-03-14")), ("b".to_string(), day("2026-03-15"))];
+        note_reading_days(&mut payload, &readings);
+        note_reading_days(&mut payload, &readings);
         assert_eq!(payload[NOTED], json!(["2026-03-14", "2026-03-15"]));
     }
 }

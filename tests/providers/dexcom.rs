@@ -582,7 +582,9 @@ async fn a_30_day_backfill_writes_readings_devices_and_daily_summaries(backend: 
     let device_ref = high["device"]["reference"].as_str().unwrap();
     let (status, device) = app.get(&format!("/fhir/R4/{device_ref}")).await;
     assert_eq!(status, S::OK, "{device}");
-    assert_eq!(device["identifier"][0]["value"], "8GXK2Q");
+    assert_eq!(device["serialNumber"], "8GXK2Q");
+    let identifier = device["identifier"][0]["value"].as_str().unwrap();
+    assert!(identifier.ends_with("/8GXK2Q") && identifier.len() > 7, "keyed by the user: {identifier}");
     assert_eq!(device["patient"]["reference"], format!("Patient/{patient}"));
 
     let carbs = search(&app, &format!("Observation?patient=Patient/{patient}&code=9059-7")).await;

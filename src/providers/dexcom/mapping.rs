@@ -11,7 +11,8 @@
 //!   extension: the trend is measured by the same device at the same instant, which is what
 //!   R4 components are for, the IG's sensor-reading profile leaves `component` open, and any R4
 //!   reader (and validator) understands a component without an extension definition.
-//! - The transmitter → one Device per `transmitterId` (identifier), its `modelNumber` the
+//! - The transmitter → one Device per user and `transmitterId` (identifier
+//!   `<userId>/<transmitterId>`, `serialNumber` the transmitter), its `modelNumber` the
 //!   `transmitterGeneration`; readings reference it in `device`.
 //! - Events: carbs → 9059-7 (g), a fingerstick blood glucose → 2339-0 / 15074-8, exercise →
 //!   55411-3 (min); insulin, health and notes are not written (see `map_event`). An event Dexcom
@@ -28,7 +29,7 @@ use crate::fhir::{MapContext, MapError, ResourceDraft, BASE};
 pub const EGV_SYSTEM: &str = "https://api.dexcom.com/v3/users/self/egvs";
 /// Values `<userId>/<recordId>`.
 pub const EVENT_SYSTEM: &str = "https://api.dexcom.com/v3/users/self/events";
-/// Values: the `transmitterId`.
+/// Values: `<userId>/<transmitterId>` (the transmitter itself is the Device's `serialNumber`).
 pub const DEVICE_SYSTEM: &str = "https://api.dexcom.com/v3/users/self/devices/transmitterId";
 const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 
@@ -82,7 +83,7 @@ fn effective(record: &Value) -> Result<DateTime<FixedOffset>, MapError> {
 
 /// The FHIR id of the Device of a transmitter.
 pub fn device_id(ctx: &MapContext, transmitter: &str) -> String {
-    ctx.id_for("Device", DEVICE_SYSTEM, transmitter)
+    ctx.id_for("Device", DEVICE_SYSTEM, &keyed(ctx, transmitter))
 }
 
 /// One EGV → a sensor reading.
@@ -135,13 +136,16 @@ pub fn map_device(ctx: &MapContext, record: &Value) -> Result<ResourceDraft, Map
         "status": "active",
         "manufacturer": "Dexcom",
         "type": { "text": "Continuous glucose monitoring transmitter" },
+        "serialNumber": transmitter,
     });
     if let Some(generation) = generation {
         body["modelNumber"] = json!(generation);
         body["deviceName"] =
             json!([{ "name": format!("Dexcom {}", generation.to_ascii_uppercase()), "type": "model-name" }]);
     }
-    let mut draft = ctx.draft("Device", DEVICE_SYSTEM, transmitter, body);
+    // Keyed by the user as readings are: a Device names its patient, and two accounts may report
+    // the same transmitter (Dexcom's sandbox users share one), which must not share a Device.
+    let mut draft = ctx.draft("Device", DEVICE_SYSTEM, &keyed(ctx, transmitter), body);
     // A Device names its patient in `patient` (R4 has no `Device.subject`).
     if let Value::Object(map) = &mut draft.body {
         if let Some(subject) = map.remove("subject") {
@@ -209,6 +213,17 @@ mod tests {
             provider: "dexcom".into(),
             remote_user_id: "u-1".into(),
         }
+    }
+
+    #[test]
+    fn two_accounts_reporting_one_transmitter_get_a_device_each() {
+        let other = MapContext { patient_id: "pat-2".into(), remote_user_id: "u-2".into(), ..ctx() };
+        assert_ne!(device_id(&ctx(), "80AB12"), device_id(&other, "80AB12"));
+        let record = json!({"transmitterId": "80AB12", "transmitterGeneration": "g7"});
+        let (a, b) = (map_device(&ctx(), &record).unwrap(), map_device(&other, &record).unwrap());
+        assert_ne!(a.id, b.id);
+        assert_eq!((a.id.clone(), b.id.clone()), (device_id(&ctx(), "80AB12"), device_id(&other, "80AB12")));
+        assert_eq!(a.body["serialNumber"], "80AB12");
     }
 
     fn egv(extra: Value) -> Value {
