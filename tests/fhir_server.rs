@@ -213,7 +213,15 @@ async fn client_credentials_tokens_are_fetched_once_reused_and_renewed_once_afte
     // Basic by default (the SMART configuration offers it), in the form when the setting says so.
     let (token_url, seen) = recording_token_url(partner.origin()).await;
     let before = stat(&partner.stats().await, "tokensIssued");
+    // The stored secret is never sent to an address it was not given for: moving the token URL
+    // is refused (409) while it is stored, and nothing reaches the new address.
+    let (status, body) = set(&app, "FHIR_SERVER_TOKEN_URL", json!(token_url)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(seen.lock().unwrap().is_empty(), "nothing sent to the new token URL");
+    let path = "/v1/project/secrets/FHIR_SERVER_CLIENT_SECRET";
+    assert_eq!(app.send("DELETE", path, Some(&app.admin), None).await.0, StatusCode::NO_CONTENT);
     ok(set(&app, "FHIR_SERVER_TOKEN_URL", json!(token_url)).await);
+    ok(secret(&app, "FHIR_SERVER_CLIENT_SECRET", "s3cret-of-the-platform").await);
     ok(set(&app, "FHIR_SERVER_CLIENT_AUTH", json!("form")).await);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "one token request per changed configuration: {seen:?}");

@@ -419,6 +419,22 @@ pub async fn prepare_setting(services: &Services, project_id: &str, key: &str, v
         }
     };
     let mut candidate = ServerConfig::load(services, project_id).await?;
+    let new_url = stored.as_str().and_then(|s| Url::parse(s).ok());
+    let moves = match key {
+        URL_SETTING => candidate.url != new_url,
+        TOKEN_URL_SETTING => candidate.token_url != new_url,
+        _ => false,
+    };
+    if moves && (candidate.token.is_some() || candidate.client_secret.is_some()) {
+        // Stored credentials are write-only: were they checked against a new address, an admin
+        // token could read them back by pointing the URL at its own host. They go only where
+        // they were given for; to move, delete them, change the URL, and set them again.
+        return Err(Error::Conflict(format!(
+            "{key} cannot change while FHIR_SERVER_TOKEN or FHIR_SERVER_CLIENT_SECRET is stored \
+             (they are sent only to the server they were set for): delete them first, then set \
+             them again after the change"
+        )));
+    }
     candidate.apply_setting(key, &stored);
     if candidate.url.is_some() {
         check(services, project_id, &candidate, false).await?;
