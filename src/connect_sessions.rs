@@ -244,7 +244,8 @@ pub async fn view(services: &Services, session: &OpenSession) -> Result<PageView
         if session.record.providers.as_ref().is_some_and(|only| !only.iter().any(|s| s == slug)) {
             continue;
         }
-        if !projects::provider_access(services, project_id, provider.as_ref()).await?.enabled {
+        let access = projects::provider_access(services, project_id, provider.as_ref()).await?;
+        if !access.enabled {
             continue;
         }
         match projects::client_credentials(services, project_id, slug).await {
@@ -261,7 +262,13 @@ pub async fn view(services: &Services, session: &OpenSession) -> Result<PageView
             slug,
             name: provider.display_name(),
             connected,
-            authorize_origin: provider.urls().authorize.origin().ascii_serialization(),
+            // Where the page's Connect redirects: the default region's host, or the sandbox's when
+            // the project's settings choose it (the page's CSP `form-action` must name it).
+            authorize_origin: provider
+                .urls_for(provider.region_for(None, &access.settings).ok().flatten().as_deref())
+                .authorize
+                .origin()
+                .ascii_serialization(),
         });
     }
     let project_name = services.store.project_name(project_id).await?.unwrap_or_default();

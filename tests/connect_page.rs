@@ -346,7 +346,35 @@ async fn done_without_a_redirect_says_goodbye_in_the_patients_language(backend: 
     assert_eq!(get_page(&app, &url, "en").await.0, StatusCode::GONE, "the link is spent");
 }
 
+/// A provider whose hosts differ by setting (Dexcom's sandbox): the page's Connect redirects to
+/// the host the project's settings choose, so the CSP's `form-action` names that one.
+async fn the_page_allows_the_host_the_projects_settings_choose(backend: Backend) {
+    let env = vec![
+        ("WEARLINK_PROVIDER_DEXCOM_REGION_US_URL".to_string(), "http://127.0.0.1:9".to_string()),
+        ("WEARLINK_PROVIDER_DEXCOM_REGION_SANDBOX_URL".to_string(), "http://127.0.0.2:9".to_string()),
+    ];
+    let (app, patient, member) = clinic(backend, Options { env, ..Options::default() }).await;
+    app.configure_with("dexcom", "dexcom-client", "dexcom-secret").await;
+    let form_action = |csp: &str| csp.split(';').find(|d| d.trim().starts_with("form-action")).unwrap().to_string();
+    let (url, _) = session_url(&app, &member, json!({"patientId": patient, "providers": ["dexcom"]})).await;
+    let (status, headers, _) = get_page(&app, &url, "en").await;
+    assert_eq!(status, StatusCode::OK);
+    let csp = headers["content-security-policy"].to_str().unwrap().to_string();
+    assert!(form_action(&csp).contains("http://127.0.0.1:9"), "production: {csp}");
+
+    let admin = app.admin.clone();
+    let body = json!({"value": "sandbox"});
+    let setting = "/v1/project/settings/WEARABLE_DEXCOM_ENVIRONMENT";
+    assert_eq!(app.send("PUT", setting, Some(&admin), Some(body)).await.0, StatusCode::OK);
+    let (url, _) = session_url(&app, &member, json!({"patientId": patient, "providers": ["dexcom"]})).await;
+    let (_, headers, _) = get_page(&app, &url, "en").await;
+    let csp = headers["content-security-policy"].to_str().unwrap().to_string();
+    assert!(form_action(&csp).contains("http://127.0.0.2:9"), "the sandbox: {csp}");
+    assert!(!form_action(&csp).contains("http://127.0.0.1:9"), "{csp}");
+}
+
 on_both_backends!(
+    the_page_allows_the_host_the_projects_settings_choose,
     done_without_a_redirect_says_goodbye_in_the_patients_language,
     ended_sessions_are_swept_and_live_ones_kept,
     a_platform_gets_a_link_that_shows_the_patient_its_providers,
