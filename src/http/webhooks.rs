@@ -117,6 +117,7 @@ fn parts(headers: &HeaderMap, query: Option<&str>) -> (Pairs, Pairs) {
 #[utoipa::path(get, path = "/v1/wearables/{provider}/webhook/{projectId}", tag = "webhooks",
     params(("provider" = String, Path, description = "a provider whose webhooks are validated by a GET"), ("projectId" = String, Path), ChallengeQuery),
     responses((status = 200, body = Object, description = "What the provider expects back (Strava: `{\"hub.challenge\"}`)"),
+        (status = 401, body = Problem, description = "A URL that must carry the project's webhook secret (Withings' `?token=`) without it"),
         (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn challenge(
     State(s): State<Arc<Services>>,
