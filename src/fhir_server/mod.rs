@@ -482,7 +482,12 @@ pub async fn jwks(services: &Services, project_id: &str) -> Result<Value> {
     if !services.store.project_exists(project_id).await? {
         return Err(Error::NotFound(format!("project {project_id}")));
     }
-    let keys = ServerConfig::load(services, project_id).await?.keys.unwrap_or_default();
+    // Only the signing keys are opened: this route takes no token, so it must not decrypt the
+    // project's other FHIR secrets (nor fail on one of them).
+    let mut keys = keys::KeySet::default();
+    for (_, value) in projects::open_secrets(services, project_id, &[SIGNING_KEYS_SECRET]).await? {
+        keys = keys::KeySet::from_json(value.expose_secret().as_bytes())?;
+    }
     Ok(keys.jwks(now_ms()))
 }
 
