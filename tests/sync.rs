@@ -359,7 +359,6 @@ async fn an_instance_killed_mid_backfill_is_taken_over_from_its_cursor(backend: 
     }
     a.abort();
     let _ = a.await;
-    let fetched_by_a = app.stand_in.strava_api_log().to("/activities/{id}");
 
     // B takes it over once A's lease has run out, from A's cursor: another instance on PostgreSQL;
     // on SQLite (one instance per database file) the process that restarted in A's place.
@@ -368,6 +367,9 @@ async fn an_instance_killed_mid_backfill_is_taken_over_from_its_cursor(backend: 
         Backend::Sqlite => std::sync::Arc::clone(&app.services),
     };
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Counted once A's lease ran out, not at its abort: a fetch A had already sent may reach the
+    // stand-in after the abort, and is A's, not B's.
+    let fetched_by_a = app.stand_in.strava_api_log().to("/activities/{id}");
     wearlink::sync::run_due(&b, now_ms()).await.unwrap();
     assert_eq!(search(&app, &format!("Procedure?patient=Patient/{patient}")).await["total"], 250, "all, once each");
     let fetched = app.stand_in.strava_api_log().to("/activities/{id}");
