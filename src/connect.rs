@@ -142,13 +142,19 @@ async fn start_with(
         Ok((credentials, region))
     };
     let patient_missing = || Error::NotFound(format!("Patient/{}", request.patient_id));
-    // The patient is checked as the state is written (one statement); when something else is
-    // wrong it is looked up first, so a missing patient is still the error reported.
+    // A project that keeps its patients on its own FHIR server is asked there first (its 404 is
+    // ours, it down is 503 and nothing is stored). In the embedded store the patient is checked
+    // as the state is written (one statement); when something else is wrong it is looked up
+    // first, so a missing patient is still the error reported.
+    let on_server = crate::fhir_server::is_server_mode(services, project_id).await?;
+    if on_server {
+        crate::fhir_server::require_patient(services, project_id, &request.patient_id).await?;
+    }
     let (credentials, region) = match checked.await {
         Ok(checked) => checked,
         Err(e) => {
-            if services.store.read_resource(project_id, "Patient", &request.patient_id).await?.is_none() {
-                return Err(patient_missing());
+            if !on_server {
+                crate::fhir_server::require_patient(services, project_id, &request.patient_id).await?;
             }
             return Err(e);
         }
@@ -164,22 +170,25 @@ async fn start_with(
     let code_verifier = pkce
         .as_ref()
         .map(|(_, verifier)| services.keyring.seal(verifier.expose_secret().as_bytes(), &verifier_owner(&state_hash)));
-    let inserted = services
-        .writes
-        .insert_state
-        .run(OAuthStateRecord {
-            state_hash,
-            project_id: project_id.clone(),
-            patient_id: request.patient_id.clone(),
-            provider: slug.into(),
-            redirect_uri: redirect_uri.map(String::from),
-            created_at: now,
-            expires_at: now + services.config.state_ttl.as_millis() as i64,
-            session,
-            code_verifier,
-            region: region.clone(),
-        })
-        .await?;
+    let record = OAuthStateRecord {
+        state_hash,
+        project_id: project_id.clone(),
+        patient_id: request.patient_id.clone(),
+        provider: slug.into(),
+        redirect_uri: redirect_uri.map(String::from),
+        created_at: now,
+        expires_at: now + services.config.state_ttl.as_millis() as i64,
+        session,
+        code_verifier,
+        region: region.clone(),
+    };
+    let inserted = if on_server {
+        // Checked on the server above; the embedded store holds no Patient to check against.
+        services.store.insert_state(&record).await?;
+        true
+    } else {
+        services.writes.insert_state.run(record).await?
+    };
     if !inserted {
         return Err(patient_missing());
     }

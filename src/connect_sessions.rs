@@ -140,9 +140,7 @@ pub async fn create(services: &Services, principal: &Principal, new: NewSession)
         ),
         None => None,
     };
-    if services.store.read_resource(project_id, "Patient", &new.patient_id).await?.is_none() {
-        return Err(Error::NotFound(format!("Patient/{}", new.patient_id)));
-    }
+    crate::fhir_server::require_patient(services, project_id, &new.patient_id).await?;
     let token = random_token(TOKEN_BYTES);
     let now = now_ms();
     let record = ConnectSessionRecord {

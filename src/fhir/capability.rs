@@ -140,7 +140,7 @@ pub fn capability_statement(fhir_base: &str, date: &str) -> Value {
         "format": FORMATS,
         "rest": [{
             "mode": "server",
-            "documentation": "Searches also take _count (at most 1000), _offset and, on Observation and Procedure, _sort=date|-date.",
+            "documentation": "Searches also take _count (at most 1000), _offset and, on Observation and Procedure, _sort=date|-date. A project that writes into its own FHIR server (POST /v1/project/fhir-store) is served there, not here: every interaction below answers it 409 with an OperationOutcome (code fhir_data_on_server) naming that server.",
             "security": {
                 "cors": false,
                 "description": "A Wearlink API token (wl_…, member or admin) as Authorization: Bearer; metadata needs none."

@@ -11,6 +11,7 @@ pub async fn create_patient(
     principal: &crate::projects::Principal,
     body: Value,
 ) -> crate::Result<StoredResource> {
+    crate::fhir_server::require_embedded_store(services, &principal.project_id).await?;
     let body = validate_new_patient(body).map_err(crate::Error::Invalid)?;
     let id = uuid::Uuid::new_v4().to_string();
     Ok(services.store.create_resource(&principal.project_id, "Patient", &id, body, crate::time::now_ms()).await?)
@@ -23,6 +24,7 @@ pub async fn read(
     resource_type: &str,
     id: &str,
 ) -> crate::Result<StoredResource> {
+    crate::fhir_server::require_embedded_store(services, &principal.project_id).await?;
     let not_found = || crate::Error::NotFound(format!("{resource_type}/{id}"));
     if !supports(resource_type, Interaction::Read) {
         return Err(not_found());
@@ -38,6 +40,7 @@ pub async fn read_version(
     id: &str,
     version: &str,
 ) -> crate::Result<StoredResource> {
+    crate::fhir_server::require_embedded_store(services, &principal.project_id).await?;
     let not_found = || crate::Error::NotFound(format!("{resource_type}/{id}/_history/{version}"));
     let Ok(version) = version.parse::<i64>() else {
         return Err(not_found());
@@ -55,6 +58,7 @@ pub async fn search(
     resource_type: &str,
     params: &[(String, String)],
 ) -> crate::Result<(i64, Vec<StoredResource>, crate::store::sync::ResourceQuery)> {
+    crate::fhir_server::require_embedded_store(services, &principal.project_id).await?;
     let query = super::search::parse(resource_type, params).map_err(crate::Error::Invalid)?;
     let (total, found) = services.store.search_resources(&principal.project_id, &query).await?;
     Ok((total, found, query))

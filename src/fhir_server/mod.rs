@@ -73,6 +73,13 @@ pub enum FhirServerError {
     Answered { status: u16, what: String },
     #[error("{0}")]
     Keys(String),
+    /// The server could not say whether the patient exists (down, timed out, 5xx, refused our
+    /// credentials): connect stores nothing and the caller may retry.
+    #[error("the project's FHIR server could not be asked for the patient; retry shortly")]
+    PatientUnknown,
+    /// `/fhir/R4` of a project that writes into its own server: read there (see `fhir::resources`).
+    #[error("this project's FHIR data is written to its own FHIR server{}; read it there", .0.as_deref().map(|u| format!(" ({u})")).unwrap_or_default())]
+    DataOnServer(Option<String>),
 }
 
 impl FhirServerError {
@@ -86,6 +93,8 @@ impl FhirServerError {
             | FhirServerError::AuthFailed(_) => 422,
             FhirServerError::Unreachable(_) | FhirServerError::Answered { .. } => 502,
             FhirServerError::Keys(_) => 500,
+            FhirServerError::PatientUnknown => 503,
+            FhirServerError::DataOnServer(_) => 409,
         }
     }
 
@@ -100,6 +109,8 @@ impl FhirServerError {
             FhirServerError::Unreachable(_) => "fhir_server_unreachable",
             FhirServerError::Answered { .. } => "fhir_server_failed",
             FhirServerError::Keys(_) => "internal",
+            FhirServerError::PatientUnknown => "fhir_server_unavailable",
+            FhirServerError::DataOnServer(_) => "fhir_data_on_server",
         }
     }
 }
@@ -489,6 +500,53 @@ pub async fn jwks(services: &Services, project_id: &str) -> Result<Value> {
         keys = keys::KeySet::from_json(value.expose_secret().as_bytes())?;
     }
     Ok(keys.jwks(now_ms()))
+}
+
+/// Checks that `patient_id` is a Patient where the project keeps its patients: the embedded store,
+/// or its own FHIR server once the project has switched to it. Not found → `NotFound`; the server
+/// unable to say → `PatientUnknown` (503), so nothing is stored on a guess.
+pub async fn require_patient(services: &Services, project_id: &str, patient_id: &str) -> Result<()> {
+    let missing = || Error::NotFound(format!("Patient/{patient_id}"));
+    if !is_server_mode(services, project_id).await? {
+        return match services.store.read_resource(project_id, "Patient", patient_id).await? {
+            Some(_) => Ok(()),
+            None => Err(missing()),
+        };
+    }
+    let client = match FhirClient::for_project(services, project_id).await {
+        Ok(Some(client)) => client,
+        // Switched to a server whose configuration was taken apart since: it cannot answer.
+        Ok(None) | Err(_) => {
+            tracing::warn!(project = %project_id, "patient check: the project's FHIR server is not configured");
+            return Err(FhirServerError::PatientUnknown.into());
+        }
+    };
+    match client.patient(patient_id).await {
+        client::PatientLookup::Found(_) => Ok(()),
+        client::PatientLookup::NotFound => Err(missing()),
+        client::PatientLookup::Unavailable(reason) => {
+            tracing::warn!(project = %project_id, %reason, "patient check: the project's FHIR server did not answer");
+            Err(FhirServerError::PatientUnknown.into())
+        }
+    }
+}
+
+/// `/fhir/R4` serves a project's data only while the embedded store is its store of record. Once
+/// it has switched to its own server, answering from the working copy would show data the
+/// platform may since have changed, and answering from the server would lend Wearlink's service
+/// credentials (usually broad: a Medplum ClientApplication, an Entra app with FHIR Data
+/// Contributor) to every API token of the project. So it is a clear 409 naming the server.
+pub async fn require_embedded_store(services: &Services, project_id: &str) -> Result<()> {
+    if !is_server_mode(services, project_id).await? {
+        return Ok(());
+    }
+    let url = ServerConfig::load(services, project_id).await.ok().and_then(|c| c.url).map(|u| u.to_string());
+    Err(FhirServerError::DataOnServer(url).into())
+}
+
+/// LEAD-PLACEHOLDER: replaced by h/outbox's implementation at merge.
+pub async fn is_server_mode(_services: &Services, _project_id: &str) -> Result<bool> {
+    Ok(false)
 }
 
 #[cfg(test)]

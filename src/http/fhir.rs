@@ -80,6 +80,8 @@ fn issue_type(problem: &Problem) -> &'static str {
         "payload_too_large" => "too-long",
         "method_not_allowed" | "not_acceptable" | "unsupported_media_type" => "not-supported",
         "conflict" => "conflict",
+        // Not an error of the request: the data is served by another server.
+        "fhir_data_on_server" => "not-supported",
         "timeout" => "timeout",
         "unavailable" => "transient",
         _ if problem.status >= 500 => "exception",
@@ -286,6 +288,7 @@ pub async fn metadata(State(s): State<Arc<Services>>, _format: FhirFormat) -> Re
     responses((status = 201, description = "The stored Patient", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 400, description = "The body is not JSON", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 413, description = "The body is over 1 MiB", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 415, description = "The body is FHIR XML or RDF", content_type = "application/fhir+json", body = OperationOutcomeDoc),
@@ -310,6 +313,7 @@ pub async fn create_patient(
     params(("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), FormatParam),
     responses((status = 200, description = "The Patient", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -327,6 +331,7 @@ pub async fn read_patient(
     params(("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), FormatParam),
     responses((status = 200, description = "The Endpoint", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -384,6 +389,7 @@ pub struct EndpointSearch {
     params(EndpointSearch, FormatParam),
     responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = BundleDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 422, description = "A search parameter is unknown or invalid, or the patient is missing", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -401,6 +407,7 @@ pub async fn search_endpoints(
     params(("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), FormatParam),
     responses((status = 200, description = "The Observation", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -418,6 +425,7 @@ pub async fn read_observation(
     params(("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), FormatParam),
     responses((status = 200, description = "The Procedure", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -435,6 +443,7 @@ pub async fn read_procedure(
     params(("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), FormatParam),
     responses((status = 200, description = "The Device", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -452,6 +461,7 @@ pub async fn read_device(
     params(("type" = String, Path), ("id" = String, Path, pattern = "^[A-Za-z0-9.-]{1,64}$"), ("vid" = String, Path), FormatParam),
     responses((status = 200, description = "That version", content_type = "application/fhir+json", body = FhirResourceDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 404, description = "Not found in the caller's project", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -558,6 +568,7 @@ async fn search(
     params(ObservationSearch, FormatParam),
     responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = BundleDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 422, description = "A search parameter is unknown or invalid, or the patient is missing", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]
@@ -575,6 +586,7 @@ pub async fn search_observations(
     params(ProcedureSearch, FormatParam),
     responses((status = 200, description = "searchset Bundle", content_type = "application/fhir+json", body = BundleDoc),
         (status = 401, description = "No or an unknown API token", content_type = "application/fhir+json", body = OperationOutcomeDoc),
+        (status = 409, description = "The project writes its FHIR data to its own FHIR server (`fhir_data_on_server`): read it there", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 406, description = "A format other than JSON was asked for", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 422, description = "A search parameter is unknown or invalid, or the patient is missing", content_type = "application/fhir+json", body = OperationOutcomeDoc),
         (status = 503, description = "The database is unavailable or the request timed out", content_type = "application/fhir+json", body = OperationOutcomeDoc)))]

@@ -97,7 +97,8 @@ fn no_store(mut response: Response) -> Response {
 #[utoipa::path(post, path = "/v1/wearables/{provider}/connect", tag = "wearables", security(("bearer" = [])),
     params(("provider" = String, Path, description = "a provider slug (the enum lists them)")),
     request_body = ConnectBody,
-    responses((status = 200, body = ConnectResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ConnectResponse), (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 503, description = "Timed out, the database is unavailable, or the project's own FHIR server could not say whether the patient is there (`fhir_server_unavailable`); nothing was stored", body = Problem)))]
 pub async fn connect(
     State(s): State<Arc<Services>>,
     principal: Principal,
