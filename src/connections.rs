@@ -168,7 +168,8 @@ pub async fn refresh_due(services: &Services, now: i64) -> Result<RefreshReport>
     let mut report = RefreshReport::default();
     let lease = lease(services, now);
     let mut seen = std::collections::HashSet::new();
-    loop {
+    // Stopping: the batch claimed is finished (its rotated tokens written), nothing more claimed.
+    while !services.is_stopping() {
         let mut claimed = services.store.claim_due_refreshes(&lease, due_before, 100).await?;
         // Once per pass: whatever comes back a second time waits for the next pass.
         let (fresh, again): (Vec<String>, Vec<String>) = claimed.drain(..).partition(|id| seen.insert(id.clone()));

@@ -58,6 +58,18 @@ pub struct Services {
     pub metrics: metrics::Metrics,
     /// Requests being served now: while there are any, background jobs start at a bounded pace.
     pub requests_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The periodic passes of `spawn_every` (refresh, revocation, sweeps), so a stop can wait for them.
+    passes: Passes,
+}
+
+/// Periodic passes in flight, and whether the process is stopping. A refresh pass cut between the
+/// provider's answer and its write loses a rotated refresh token, and with it the connection, so a
+/// stop lets the passes running finish (`stop_passes`) and starts none after.
+#[derive(Default)]
+struct Passes {
+    stopping: std::sync::atomic::AtomicBool,
+    /// Each pass holds a read guard; a stop takes the write guard once they are done.
+    running: tokio::sync::RwLock<()>,
 }
 
 impl Services {
@@ -95,6 +107,7 @@ impl Services {
             sync_counters: sync::SyncCounters::default(),
             metrics,
             requests_in_flight: Arc::default(),
+            passes: Passes::default(),
             keyring,
             store,
             config,
@@ -151,9 +164,25 @@ impl Services {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                let _running = services.passes.running.read().await;
+                if services.is_stopping() {
+                    return;
+                }
                 pass(Arc::clone(&services)).await;
             }
         })
+    }
+
+    /// Whether this instance is stopping: passes start nothing new (a refresh pass claims no more).
+    pub fn is_stopping(&self) -> bool {
+        self.passes.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// For a graceful stop: no periodic pass starts from now on, and this waits until the ones
+    /// running have finished, or until `deadline`. Answers whether they all finished.
+    pub async fn stop_passes(&self, deadline: tokio::time::Instant) -> bool {
+        self.passes.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout_at(deadline, self.passes.running.write()).await.is_ok()
     }
 
     /// Deletes expired connect states every `every`, so the table cannot grow without bound.

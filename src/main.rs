@@ -180,7 +180,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// The rest of a graceful shutdown, bounded by `WEARLINK_SHUTDOWN_GRACE_SECS` (well inside
 /// Kubernetes' default 30 s grace period): requests in flight are answered (each webhook's 200
 /// only after its group commit, `batch.rs`, so what was acknowledged is stored), the worker
-/// claims nothing more and lets its running jobs finish, then whatever is still running is cut
+/// claims nothing more and lets its running jobs finish, periodic passes (token refresh) finish
+/// and start no more, then whatever is still running is cut
 /// and every job lease of this instance released, so another instance takes those jobs at once.
 /// A request cut here was never acknowledged: its sender tries again.
 async fn stop(
@@ -203,7 +204,14 @@ async fn stop(
             let _ = tokio::time::timeout_at(deadline, metrics).await;
         }
     };
-    let (_, released) = tokio::join!(drained, worker.stop(deadline));
+    // The periodic passes too: a refresh cut between the provider's answer and its write would
+    // lose the rotated refresh token.
+    let passes = async {
+        if !services.stop_passes(deadline).await {
+            tracing::warn!("stopping: periodic passes (refresh, revocation, sweeps) still running are cut");
+        }
+    };
+    let (_, released, ()) = tokio::join!(drained, worker.stop(deadline), passes);
     match released {
         Ok(released) => tracing::info!(released, "stopped; job leases released"),
         Err(e) => tracing::warn!(error = %e, "stopped; releasing job leases failed, they run out instead"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{problem_code, Backend, TestApp, TokenMode};
+use wearlink::connections::spawn_workers;
 use wearlink::connections::{refresh_due, revoke_due, RefreshReport};
 use wearlink::time::now_ms;
 
@@ -20,6 +21,7 @@ on_both_backends!(
     disconnect_revokes_wipes_the_tokens_and_turns_the_endpoint_off,
     disconnect_while_the_provider_is_down_revokes_later,
     the_platform_reads_a_valid_token_and_every_read_is_audited,
+    a_stop_lets_the_refresh_in_flight_write_its_rotated_token_and_starts_no_other,
 );
 
 /// Connects a new patient to `provider`; answers (patient id, Endpoint id, provider user id).
@@ -322,4 +324,46 @@ async fn the_platform_reads_a_valid_token_and_every_read_is_audited(backend: Bac
     assert_eq!(audit[0].endpoint_id.as_deref(), Some(endpoint_id.as_str()));
     assert!(!audit[0].actor.contains(&admin), "the audit names a fingerprint, not the token");
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// A stop (SIGTERM) while the refresher waits on the provider: the rotated refresh token the
+/// provider hands out is written before the stop completes (cut there, the connection would be
+/// lost: the old refresh token is already spent), and no pass starts after it.
+async fn a_stop_lets_the_refresh_in_flight_write_its_rotated_token_and_starts_no_other(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.configure("strava").await;
+    app.stand_in.set_initial_expires_in(600);
+    let (_, endpoint_id, athlete) = connected(&app, "strava").await;
+    app.stand_in.set_token_mode(TokenMode::Slow(Duration::from_millis(700)));
+
+    let refresher = spawn_workers(&app.services, Duration::from_millis(50));
+    let asked = tokio::time::Instant::now();
+    while app
+        .stand_in
+        .token_requests()
+        .iter()
+        .filter(|r| r.form.get("grant_type").map(String::as_str) == Some("refresh_token"))
+        .count()
+        == 0
+    {
+        assert!(asked.elapsed() < Duration::from_secs(10), "the refresher never asked the provider");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let finished = app.services.stop_passes(tokio::time::Instant::now() + Duration::from_secs(5)).await;
+    assert!(finished, "the pass in flight finished inside the grace period");
+    assert_eq!(app.stand_in.refreshes_of(athlete), 1);
+    let renewed = connection(&app, &endpoint_id).await;
+    assert!(renewed["lastRefreshedAt"].is_i64(), "written before the stop returned: {renewed}");
+    let (status, token) = app
+        .send("POST", &format!("/v1/wearables/connections/{endpoint_id}/token"), Some(&app.admin.clone()), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(token["accessToken"].as_str(), app.stand_in.latest_access_token(athlete).as_deref());
+
+    // Stopped: a connection due for refresh now waits for the next instance.
+    app.stand_in.set_token_mode(TokenMode::Normal);
+    let (_, _, due) = connected(&app, "strava").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.stand_in.refreshes_of(due), 0, "no pass after the stop");
+    refresher.abort();
 }
