@@ -178,6 +178,14 @@ fn stat(stats: &Value, name: &str) -> u64 {
     stats[name].as_u64().unwrap_or_else(|| panic!("{name} in {stats}"))
 }
 
+/// The reference of a resource's source-endpoint extension.
+fn source_endpoint(resource: &Value) -> String {
+    let url = wearlink::fhir::draft::ext_source_endpoint();
+    let extensions = resource["extension"].as_array().unwrap();
+    let found = extensions.iter().find(|e| e["url"] == url.as_str()).unwrap_or_else(|| panic!("{resource}"));
+    found["valueReference"]["reference"].as_str().unwrap().to_string()
+}
+
 /// Asserts that each stored Procedure and Observation of the patient is on the server once,
 /// referencing the server's copies; answers how many.
 async fn assert_on_server(app: &TestApp, server: &Platform<'_>, patient: &str, endpoint: &str) -> usize {
@@ -190,7 +198,7 @@ async fn assert_on_server(app: &TestApp, server: &Platform<'_>, patient: &str, e
     for p in &procedures {
         let copy = server.copy_of("Procedure", p["id"].as_str().unwrap()).await;
         assert_eq!(copy["subject"]["reference"], format!("Patient/{patient}"), "the platform's patient");
-        assert_eq!(copy["extension"][0]["valueReference"]["reference"], endpoint_ref, "the server's Endpoint");
+        assert_eq!(source_endpoint(&copy), endpoint_ref, "the server's Endpoint");
         assert_eq!(copy["identifier"][0], p["identifier"][0], "the provider's identifier kept");
         procedure_ids.insert(format!("Procedure/{}", p["id"].as_str().unwrap()), copy["id"].clone());
     }
@@ -201,6 +209,7 @@ async fn assert_on_server(app: &TestApp, server: &Platform<'_>, patient: &str, e
             assert_eq!(copy["partOf"][0]["reference"], format!("Procedure/{server_id}"));
         }
         assert_eq!(copy["code"], o["code"]);
+        assert_eq!(source_endpoint(&copy), endpoint_ref);
     }
     procedures.len() + observations.len()
 }

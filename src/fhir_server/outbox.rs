@@ -236,7 +236,14 @@ impl<'a> Drain<'a> {
                     return Ok(false);
                 }
             }
-            let refs: Vec<(String, String)> = items.iter().map(Item::key).collect();
+            // The server ids of what these resources are and what they reference.
+            let mut refs: Vec<(String, String)> = items.iter().map(Item::key).collect();
+            for item in &items {
+                references_of(&item.body, &mut refs);
+            }
+            refs.retain(|r| r.0 != "Patient" && !self.known.contains_key(r));
+            refs.sort();
+            refs.dedup();
             self.known.extend(store.server_ids(&self.project_id, &self.server, &refs).await?);
             let mut start = 0;
             while start < items.len() {
