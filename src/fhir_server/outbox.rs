@@ -204,7 +204,7 @@ pub async fn drain(services: &Services, job: &Job, lease: &Lease) -> Result<bool
         known: HashMap::new(),
         learned_changed,
     };
-    let held = drain.run(job, lease).await?;
+    let (held, not_before) = drain.run(job, lease).await?;
     if drain.learned_changed {
         let learned = json!({
             "server": drain.server, "for": drain.configured, "size": drain.size, "bundles": drain.mode.as_str()
@@ -214,18 +214,20 @@ pub async fn drain(services: &Services, job: &Job, lease: &Lease) -> Result<bool
     if !held {
         return Ok(false);
     }
-    Ok(services.store.finish_drain(lease, &job.id, &project_id, now_ms()).await?)
+    Ok(services.store.finish_drain(lease, &job.id, &project_id, now_ms(), not_before).await?)
 }
 
 impl<'a> Drain<'a> {
-    /// Passes over the due rows until none is left or the server is unavailable; false when the
-    /// lease was lost (nothing more is sent).
-    async fn run(&mut self, job: &Job, lease: &Lease) -> Result<bool> {
+    /// Passes over the due rows until none is left or the server is unavailable; answers false
+    /// when the lease was lost (nothing more is sent), and, when the server is unavailable, when
+    /// to try again (the rows not tried yet wait for it too, rather than hammer a server that is
+    /// down).
+    async fn run(&mut self, job: &Job, lease: &Lease) -> Result<(bool, Option<i64>)> {
         let store = &self.services.store;
         loop {
             let rows = store.due_outbox(&self.project_id, now_ms(), WINDOW).await?;
             if rows.is_empty() {
-                return Ok(true);
+                return Ok((true, None));
             }
             let (items, gone) = self.items(&rows).await?;
             if !gone.is_empty() {
@@ -233,7 +235,7 @@ impl<'a> Drain<'a> {
                 let results = DrainResults { written: gone, ..DrainResults::default() };
                 let lease = renewed(self.services, lease);
                 if !store.record_outbox(&lease, &job.id, &self.project_id, &self.server, &results, now_ms()).await? {
-                    return Ok(false);
+                    return Ok((false, None));
                 }
             }
             // The server ids of what these resources are and what they reference.
@@ -254,10 +256,11 @@ impl<'a> Drain<'a> {
                 let results = self.results(chunk, &sent);
                 let lease = renewed(self.services, lease);
                 if !store.record_outbox(&lease, &job.id, &self.project_id, &self.server, &results, now_ms()).await? {
-                    return Ok(false);
+                    return Ok((false, None));
                 }
                 if unavailable {
-                    return Ok(true);
+                    let next = results.retry.iter().map(|r| r.3).min();
+                    return Ok((true, next));
                 }
                 start = end;
             }

@@ -139,10 +139,17 @@ pub trait OutboxStore: Send + Sync {
         results: &DrainResults,
         now: i64,
     ) -> StoreResult<bool>;
-    /// Ends the drain job: done when nothing is pending, else parked until the next row is due.
-    /// Serialized with the writers that enqueue (they find the job and add nothing), so no row is
-    /// left without a job.
-    async fn finish_drain(&self, lease: &Lease, job_id: &str, project_id: &str, now: i64) -> StoreResult<bool>;
+    /// Ends the drain job: done when nothing is pending, else parked until the next row is due
+    /// (not before `not_before`: the server's backoff, while it is unavailable). Serialized with
+    /// the writers that enqueue (they find the job and add nothing), so no row is left without a job.
+    async fn finish_drain(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        project_id: &str,
+        now: i64,
+        not_before: Option<i64>,
+    ) -> StoreResult<bool>;
     async fn list_outbox(&self, project_id: &str, filter: &OutboxFilter) -> StoreResult<Vec<OutboxRow>>;
     /// Puts rows of `state` (one, or all with `seq` `None`) back to pending, due now, and queues
     /// the drain; answers how many.

@@ -263,7 +263,14 @@ macro_rules! impl_outbox_store {
             Ok(true)
         }
 
-        async fn finish_drain(&self, lease: &Lease, job_id: &str, project_id: &str, now: i64) -> StoreResult<bool> {
+        async fn finish_drain(
+            &self,
+            lease: &Lease,
+            job_id: &str,
+            project_id: &str,
+            now: i64,
+            not_before: Option<i64>,
+        ) -> StoreResult<bool> {
             use $crate::store::sync::JobOutcome;
             let mut writer = self.writer().await?;
             let mut tx = $begin_write(&mut writer).await?;
@@ -279,7 +286,11 @@ macro_rules! impl_outbox_store {
                     .await?;
             let outcome = match next {
                 None => JobOutcome::Done,
-                Some(at) => JobOutcome::Park { due_at: at.max(now), payload: serde_json::json!({}), note: None },
+                Some(at) => JobOutcome::Park {
+                    due_at: at.max(now).max(not_before.unwrap_or(0)),
+                    payload: serde_json::json!({}),
+                    note: None,
+                },
             };
             let held = complete_job_in(&mut tx, lease, job_id, &outcome).await?;
             finish_switches(&mut tx, project_id, now).await?;
