@@ -34,6 +34,10 @@ struct Cli {
     /// Bundle sizes, comma-separated (1 = one conditional PUT per resource).
     #[arg(long, default_value = "1,8,50")]
     sizes: String,
+    /// Round-trip time added by a TCP relay in front of the server (each chunk each way waits
+    /// half), milliseconds: a server across a network rather than on loopback. 0: none.
+    #[arg(long, default_value_t = 0)]
+    rtt_ms: u64,
 }
 
 #[tokio::main]
@@ -50,12 +54,21 @@ async fn main() -> anyhow::Result<()> {
     let services = Services::start(config).await?;
     let origin = cli.base.trim_end_matches("/fhir/R4").to_string();
     let http = reqwest::Client::new();
+    // Wearlink reaches the server through the relay; the bench's own calls go direct.
+    let base = match cli.rtt_ms {
+        0 => cli.base.clone(),
+        rtt => {
+            let target: std::net::SocketAddr = url::Url::parse(&cli.base)?.socket_addrs(|| None)?[0];
+            let relay = relay(target, std::time::Duration::from_millis(rtt / 2)).await?;
+            cli.base.replacen(&target.to_string(), &relay.to_string(), 1)
+        }
+    };
     for size in cli.sizes.split(',').map(|s| s.trim().parse::<usize>()) {
         let size = size?;
         let (project_id, _) = projects::create_project(&services, &format!("bench {size}")).await?;
         let admin = Principal { project_id: project_id.clone(), role: Role::Admin, token_fingerprint: "bench".into() };
         let value = |v: Value| SettingChange { enabled: None, value: Some(v) };
-        projects::put_setting(&services, &admin, "FHIR_SERVER_URL", value(json!(cli.base))).await?;
+        projects::put_setting(&services, &admin, "FHIR_SERVER_URL", value(json!(base))).await?;
         projects::put_setting(&services, &admin, "FHIR_SERVER_AUTH", value(json!("bearer"))).await?;
         projects::put_secret(&services, &admin, "FHIR_SERVER_TOKEN", &cli.token).await?;
         projects::put_setting(&services, &admin, "FHIR_SERVER_BUNDLE_SIZE", value(json!(size))).await?;
@@ -91,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
         let line = json!({
             "bundleSize": size,
+            "rttMs": cli.rtt_ms,
             "resources": cli.resources,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "resourcesPerSecond": (cli.resources as f64 / seconds * 10.0).round() / 10.0,
@@ -102,6 +116,42 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(Arc::clone(&services));
     Ok(())
+}
+
+/// A TCP relay to `target` that holds each chunk `delay` in each direction.
+async fn relay(target: std::net::SocketAddr, delay: std::time::Duration) -> anyhow::Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        tokio::time::sleep(delay).await;
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                        tokio::time::sleep(delay).await;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    Ok(addr)
 }
 
 /// Pending and dead rows of the outbox (all projects: one project at a time here).
