@@ -323,7 +323,8 @@ impl Metrics {
                     let count = depth.iter().find(|(s, _, _)| s == state).map_or(0, |(_, n, _)| *n);
                     self.fhir_outbox.get_or_create(&StateLabels { state: state.into() }).set(count);
                 }
-                let oldest = depth.iter().find(|(s, _, _)| s == crate::store::outbox::PENDING).and_then(|(_, _, at)| *at);
+                let oldest =
+                    depth.iter().find(|(s, _, _)| s == crate::store::outbox::PENDING).and_then(|(_, _, at)| *at);
                 self.fhir_outbox_oldest.set(oldest.map_or(0, |at| (crate::time::now_ms() - at).max(0) / 1000));
             }
             None => self.fhir_outbox.clear(),
@@ -429,7 +430,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.webhook_event("strava", "activity.create");
         metrics.webhook_event("strava", "patient-123.create");
-        let text = metrics.render(&Snapshot { inbox: None, pool: PoolStats::default(), sync: SyncSnapshot::default(), fhir_outbox: None });
+        let text = metrics.render(&Snapshot {
+            inbox: None,
+            pool: PoolStats::default(),
+            sync: SyncSnapshot::default(),
+            fhir_outbox: None,
+        });
         assert!(
             text.contains(
                 r#"wearlink_webhook_events_received_total{provider="strava",event_type="activity.create"} 1"#
@@ -446,7 +452,8 @@ mod tests {
     #[test]
     fn the_inbox_reports_every_state_and_nothing_when_unknown() {
         let metrics = Metrics::new();
-        let snapshot = |inbox| Snapshot { inbox, pool: PoolStats::default(), sync: SyncSnapshot::default(), fhir_outbox: None };
+        let snapshot =
+            |inbox| Snapshot { inbox, pool: PoolStats::default(), sync: SyncSnapshot::default(), fhir_outbox: None };
         let text = metrics.render(&snapshot(Some(vec![("received".into(), 3)])));
         assert!(text.contains(r#"wearlink_webhook_inbox_events{state="received"} 3"#), "{text}");
         assert!(text.contains(r#"wearlink_webhook_inbox_events{state="dead"} 0"#), "{text}");

@@ -19,6 +19,7 @@ on_both_backends!(
     endpoints_and_backfilled_data_reach_the_server_once_with_their_references_resolved,
     with_medplum_caps_a_backfill_larger_than_eight_lands_whole_and_the_size_is_remembered,
     client_credentials_tokens_are_reused_by_the_outbox_and_renewed_once_after_the_server_forgets_them,
+    private_key_jwt_tokens_sign_the_outbox_writes_and_are_fetched_once,
     a_server_down_mid_sync_gets_everything_once_when_it_is_back,
     a_refused_resource_is_a_dead_letter_that_stalls_nothing_and_replays_after_the_fix,
     switching_a_project_with_data_copies_it_all_once_and_reports_progress,
@@ -244,8 +245,9 @@ async fn endpoints_and_backfilled_data_reach_the_server_once_with_their_referenc
 
     // Syncing the same data again writes nothing new there.
     let writes = stat(&partner.stats().await, "writes");
-    let (status, body) =
-        app.send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({}))).await;
+    let (status, body) = app
+        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
+        .await;
     assert!(status.is_success(), "{body}");
     settle(&app).await;
     assert_eq!(stat(&partner.stats().await, "writes"), writes, "unchanged data is not written again");
@@ -273,8 +275,9 @@ async fn with_medplum_caps_a_backfill_larger_than_eight_lands_whole_and_the_size
     let server = platform(&partner);
     let app = app(backend).await;
     point_at(&app, &partner.base).await;
-    let (status, body) =
-        app.send("PUT", "/v1/project/settings/FHIR_SERVER_BUNDLE_SIZE", Some(&app.admin), Some(json!({"value": 501}))).await;
+    let (status, body) = app
+        .send("PUT", "/v1/project/settings/FHIR_SERVER_BUNDLE_SIZE", Some(&app.admin), Some(json!({"value": 501})))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     set(&app, "FHIR_SERVER_BUNDLE_SIZE", json!(40)).await;
     ok(switch(&app, "server").await);
@@ -298,8 +301,9 @@ async fn with_medplum_caps_a_backfill_larger_than_eight_lands_whole_and_the_size
         app.stand_in.last_user_id().unwrap(),
         strava_activity_json(8_888, now_ms() / 1000 - DAY, "Ride"),
     );
-    let (status, _) =
-        app.send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({}))).await;
+    let (status, _) = app
+        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
+        .await;
     assert!(status.is_success());
     settle(&app).await;
     assert!(stat(&partner.stats().await, "transactions") > refused);
@@ -346,8 +350,9 @@ async fn client_credentials_tokens_are_reused_by_the_outbox_and_renewed_once_aft
         app.stand_in.last_user_id().unwrap(),
         strava_activity_json(9_999, now_ms() / 1000 - DAY, "Ride"),
     );
-    let (status, _) =
-        app.send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({}))).await;
+    let (status, _) = app
+        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
+        .await;
     assert!(status.is_success());
     settle(&app).await;
     let after = partner.stats().await;
@@ -355,6 +360,43 @@ async fn client_credentials_tokens_are_reused_by_the_outbox_and_renewed_once_aft
     assert_eq!(stat(&after, "tokenRequests") - stat(&before, "tokenRequests"), 1, "{after}");
     assert_on_server(&app, &server, &patient, &endpoint).await;
     assert!(outbox(&app, "pending").await.is_empty());
+}
+
+async fn private_key_jwt_tokens_sign_the_outbox_writes_and_are_fetched_once(backend: Backend) {
+    let app = app(backend).await;
+    set(&app, "FHIR_SERVER_AUTH", json!("private_key_jwt")).await;
+    let jwks_url = app.url(&format!("/v1/projects/{}/jwks.json", app.project_id));
+    let Some(partner) = FhirPartner::start_with(&[
+        ("FHIR_AUTH", "private-key-jwt"),
+        ("FHIR_CLIENT_ID", "wearlink-backend"),
+        ("FHIR_JWKS_URL", &jwks_url),
+        ("FHIR_REF_CHECK", "1"),
+    ])
+    .await
+    else {
+        return;
+    };
+    set(&app, "FHIR_SERVER_URL", json!(partner.base)).await;
+    secret(&app, "FHIR_SERVER_CLIENT_ID", "wearlink-backend").await;
+    ok(switch(&app, "server").await);
+    // The test reads the server as Wearlink does (only Wearlink's key gets tokens there).
+    let client = wearlink::fhir_server::FhirClient::for_project(&app.services, &app.project_id).await.unwrap().unwrap();
+    let patient = app.create_patient().await;
+    let put = client.put(&format!("Patient/{patient}"), &json!({"resourceType": "Patient", "id": patient})).await;
+    assert!(put.unwrap().is_success());
+    let (endpoint, _) = connect_strava(&app, &patient, 2).await;
+    settle(&app).await;
+
+    let system = wearlink::fhir_server::outbox::identifier_system();
+    let found = client.get(&format!("Endpoint?identifier={system}|{endpoint}")).await.unwrap();
+    assert_eq!(found.body["entry"].as_array().map(Vec::len), Some(1), "{}", found.body);
+    let procedures = stored(&app, &format!("Procedure?patient=Patient/{patient}")).await;
+    let on_server = client.get("Procedure?_count=100").await.unwrap();
+    assert_eq!(on_server.body["entry"].as_array().map(Vec::len), Some(procedures.len()));
+    let stats = partner.stats().await;
+    assert_eq!(stat(&stats, "tokensIssued"), 1, "one token for the checks and every write: {stats}");
+    assert!(stat(&stats, "transactions") >= 1, "{stats}");
+    assert!(outbox(&app, "pending").await.is_empty() && outbox(&app, "dead").await.is_empty());
 }
 
 /// A token of the platform's own (the test reads the server with it).
@@ -538,8 +580,9 @@ async fn switching_a_project_with_data_copies_it_all_once_and_reports_progress(b
         app.stand_in.last_user_id().unwrap(),
         strava_activity_json(4_242, now_ms() / 1000 - DAY, "Ride"),
     );
-    let (status, _) =
-        app.send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({}))).await;
+    let (status, _) = app
+        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
+        .await;
     assert!(status.is_success());
     settle(&app).await;
     assert_eq!(stat(&partner.stats().await, "writes"), writes, "embedded again: nothing sent");

@@ -136,11 +136,17 @@ impl Item {
 enum Sent {
     Written(Option<String>),
     /// Server unavailable, rate limited, timed out, token refused again: the whole pass stops.
-    Unavailable { error: String, retry_after: Option<Duration> },
+    Unavailable {
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// 404 / 409 / 412: retried a few times.
     Conflict(String),
     /// Refused for good: a dead letter with the server's OperationOutcome.
-    Refused { error: String, outcome: Option<Value> },
+    Refused {
+        error: String,
+        outcome: Option<Value>,
+    },
 }
 
 struct Drain<'a> {
@@ -174,9 +180,11 @@ pub async fn drain(services: &Services, job: &Job, lease: &Lease) -> Result<bool
         .find(|(k, _)| k == BUNDLE_SIZE_SETTING)
         .and_then(|(_, v)| v.as_u64())
         .map_or(DEFAULT_BUNDLE_SIZE, |n| n as usize);
-    let learned = settings.iter().find(|(k, _)| k == LEARNED_SETTING).map(|(_, v)| v.clone()).filter(|l| {
-        l["server"].as_str() == Some(server.as_str()) && l["for"].as_u64() == Some(configured as u64)
-    });
+    let learned = settings
+        .iter()
+        .find(|(k, _)| k == LEARNED_SETTING)
+        .map(|(_, v)| v.clone())
+        .filter(|l| l["server"].as_str() == Some(server.as_str()) && l["for"].as_u64() == Some(configured as u64));
     let client = FhirClient::new(services, &project_id, config);
     let (mode, size, learned_changed) = match &learned {
         Some(l) => {
@@ -294,13 +302,9 @@ impl<'a> Drain<'a> {
         for key in order {
             let (up_to, attempts) = newest[&key];
             match current.get(&key) {
-                Some(resource) => items.push(Item {
-                    resource_type: key.0,
-                    id: key.1,
-                    up_to,
-                    attempts,
-                    body: resource.body.clone(),
-                }),
+                Some(resource) => {
+                    items.push(Item { resource_type: key.0, id: key.1, up_to, attempts, body: resource.body.clone() })
+                }
                 None => gone.push((key.0, key.1, up_to)),
             }
         }
@@ -361,7 +365,11 @@ impl<'a> Drain<'a> {
             return sent;
         }
         let bundle = self.bundle(items);
-        self.services.metrics.fhir_requests.get_or_create(&crate::metrics::FhirRequestLabels { kind: self.mode.as_str() }).inc();
+        self.services
+            .metrics
+            .fhir_requests
+            .get_or_create(&crate::metrics::FhirRequestLabels { kind: self.mode.as_str() })
+            .inc();
         let answer = match self.client.post("", &bundle).await {
             Ok(answer) => answer,
             Err(e) => return unavailable_all(items.len(), e.to_string(), None),
@@ -583,7 +591,9 @@ fn outcome_text(body: &Value) -> String {
 fn is_size_refusal(status: u16, text: &str) -> bool {
     status == 413
         || (matches!(status, 400 | 422)
-            && ["too many entries", "too many", "too large", "maximum number", "exceeds"].iter().any(|w| text.contains(w)))
+            && ["too many entries", "too many", "too large", "maximum number", "exceeds"]
+                .iter()
+                .any(|w| text.contains(w)))
 }
 
 /// The server does not take transactions.
@@ -613,7 +623,8 @@ fn rewrite_references(value: &mut Value, resolve: &dyn Fn(&str, &str) -> Option<
         Value::Object(map) => {
             for (key, inner) in map.iter_mut() {
                 if key == "reference" {
-                    if let Some(new) = inner.as_str().and_then(|r| split_reference(r)).and_then(|(t, id)| resolve(t, id))
+                    if let Some(new) =
+                        inner.as_str().and_then(|r| split_reference(r)).and_then(|(t, id)| resolve(t, id))
                     {
                         *inner = Value::String(new);
                     }
@@ -868,7 +879,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_and_honours_retry_after() {
-        let policy = OutboxPolicy { retry_base: Duration::from_millis(100), retry_max: Duration::from_secs(1), conflict_attempts: 3 };
+        let policy = OutboxPolicy {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+            conflict_attempts: 3,
+        };
         let first = policy.next_attempt(0, None, 0);
         assert!((50..=100).contains(&first), "{first}");
         let late = policy.next_attempt(20, None, 0);

@@ -233,7 +233,7 @@ impl_outbox_store!(
     row: PgRow,
     begin_write: begin,
     lock_rows: " FOR UPDATE",
-    lock_share: " FOR SHARE OF p",
+    lock_share: " FOR KEY SHARE OF p",
 );
 
 impl_retention_store!(store: PostgresStore, skip_locked: " FOR UPDATE SKIP LOCKED");

@@ -13,9 +13,10 @@ macro_rules! impl_outbox_store {
     ) => {
     /// Puts these new versions `(type, id, version)` in the project's outbox when the project
     /// writes into its FHIR server, and makes sure its drain job is queued; inside the writing
-    /// transaction, so a version is never stored without its row. The project row is share-locked
-    /// (PostgreSQL), so a switch, which takes it exclusively, sees each write before or after it:
-    /// never a version written in embedded mode after the switch's copy was taken.
+    /// transaction, so a version is never stored without its row. The project row is key-share
+    /// locked (PostgreSQL; the lock a foreign-key check of these inserts takes anyway), so a
+    /// switch, which takes it exclusively, sees each write before or after it: never a version
+    /// written in embedded mode after the switch's copy was taken.
     async fn outbox_in(
         tx: &mut sqlx::Transaction<'_, $db>,
         project_id: &str,
