@@ -157,6 +157,20 @@ async fn settle(app: &TestApp) {
     panic!("jobs still due after 50 rounds");
 }
 
+/// The athlete records a ride (`activity` its id) and the connection is synced again.
+async fn a_new_ride_synced(app: &TestApp, endpoint: &str, activity: u64) {
+    let athlete = app.stand_in.last_user_id().unwrap();
+    app.stand_in.add_strava_activity(athlete, strava_activity_json(activity, now_ms() / 1000 - DAY, "Ride"));
+    resync(app, endpoint).await;
+}
+
+async fn resync(app: &TestApp, endpoint: &str) {
+    let path = format!("/v1/wearables/connections/{endpoint}/sync");
+    let (status, body) = app.send("POST", &path, Some(&app.admin), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    settle(app).await;
+}
+
 /// Waits out the outbox's (millisecond) backoff and runs what came due.
 async fn settle_after_backoff(app: &TestApp) {
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
@@ -245,11 +259,7 @@ async fn endpoints_and_backfilled_data_reach_the_server_once_with_their_referenc
 
     // Syncing the same data again writes nothing new there.
     let writes = stat(&partner.stats().await, "writes");
-    let (status, body) = app
-        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
-        .await;
-    assert!(status.is_success(), "{body}");
-    settle(&app).await;
+    resync(&app, &endpoint).await;
     assert_eq!(stat(&partner.stats().await, "writes"), writes, "unchanged data is not written again");
     assert_eq!(assert_on_server(&app, &server, &patient, &endpoint).await, written);
 
@@ -297,15 +307,7 @@ async fn with_medplum_caps_a_backfill_larger_than_eight_lands_whole_and_the_size
 
     // The next writes start at the remembered size: no refusal.
     let refused = stat(&partner.stats().await, "transactions");
-    app.stand_in.add_strava_activity(
-        app.stand_in.last_user_id().unwrap(),
-        strava_activity_json(8_888, now_ms() / 1000 - DAY, "Ride"),
-    );
-    let (status, _) = app
-        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
-        .await;
-    assert!(status.is_success());
-    settle(&app).await;
+    a_new_ride_synced(&app, &endpoint, 8_888).await;
     assert!(stat(&partner.stats().await, "transactions") > refused);
     assert_on_server(&app, &server, &patient, &endpoint).await;
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -346,15 +348,7 @@ async fn client_credentials_tokens_are_reused_by_the_outbox_and_renewed_once_aft
     partner.revoke_tokens().await;
     let server = Platform { partner: &partner, token: platform_token(&partner).await };
     let before = partner.stats().await;
-    app.stand_in.add_strava_activity(
-        app.stand_in.last_user_id().unwrap(),
-        strava_activity_json(9_999, now_ms() / 1000 - DAY, "Ride"),
-    );
-    let (status, _) = app
-        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
-        .await;
-    assert!(status.is_success());
-    settle(&app).await;
+    a_new_ride_synced(&app, &endpoint, 9_999).await;
     let after = partner.stats().await;
     assert_eq!(stat(&after, "unauthorized") - stat(&before, "unauthorized"), 1, "{after}");
     assert_eq!(stat(&after, "tokenRequests") - stat(&before, "tokenRequests"), 1, "{after}");
@@ -576,15 +570,7 @@ async fn switching_a_project_with_data_copies_it_all_once_and_reports_progress(b
     settle(&app).await;
     assert_eq!(stat(&partner.stats().await, "writes"), writes);
     assert_eq!(ok(switch(&app, "embedded").await)["store"], "embedded");
-    app.stand_in.add_strava_activity(
-        app.stand_in.last_user_id().unwrap(),
-        strava_activity_json(4_242, now_ms() / 1000 - DAY, "Ride"),
-    );
-    let (status, _) = app
-        .send("POST", &format!("/v1/wearables/connections/{endpoint}/sync"), Some(&app.admin), Some(json!({})))
-        .await;
-    assert!(status.is_success());
-    settle(&app).await;
+    a_new_ride_synced(&app, &endpoint, 4_242).await;
     assert_eq!(stat(&partner.stats().await, "writes"), writes, "embedded again: nothing sent");
     assert!(stored(&app, &format!("Procedure?patient=Patient/{patient}")).await.len() > procedures);
 }

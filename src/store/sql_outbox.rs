@@ -79,6 +79,10 @@ macro_rules! impl_outbox_store {
         })
     }
 
+    /// The project's latest switch, for `switch_with_counts`.
+    const LATEST_SWITCH: &str = "SELECT id, project_id, target, total, started_at, finished_at FROM fhir_store_switches
+         WHERE project_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1";
+
     /// A switch's record with its counts.
     async fn switch_with_counts(
         executor: &mut <$db as sqlx::Database>::Connection,
@@ -379,13 +383,7 @@ macro_rules! impl_outbox_store {
                     .await?;
             let current = mode.map(|(v,)| v.trim_matches('"').to_string());
             let current = current.as_deref().unwrap_or(MODE_EMBEDDED);
-            let latest = sqlx::query_as(
-                "SELECT id, project_id, target, total, started_at, finished_at FROM fhir_store_switches
-                 WHERE project_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1",
-            )
-            .bind(project_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let latest = sqlx::query_as(LATEST_SWITCH).bind(project_id).fetch_optional(&mut *tx).await?;
             if let Some(latest) = switch_with_counts(&mut *tx, latest).await? {
                 if latest.pending > 0 {
                     return Ok(SwitchOutcome::Busy(latest));
@@ -449,13 +447,7 @@ macro_rules! impl_outbox_store {
 
         async fn latest_switch(&self, project_id: &str) -> StoreResult<Option<$crate::store::outbox::SwitchRecord>> {
             let mut reader = self.reader().acquire().await?;
-            let latest = sqlx::query_as(
-                "SELECT id, project_id, target, total, started_at, finished_at FROM fhir_store_switches
-                 WHERE project_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1",
-            )
-            .bind(project_id)
-            .fetch_optional(&mut *reader)
-            .await?;
+            let latest = sqlx::query_as(LATEST_SWITCH).bind(project_id).fetch_optional(&mut *reader).await?;
             switch_with_counts(&mut *reader, latest).await
         }
     }
