@@ -62,6 +62,8 @@ pub struct Config {
     pub sync: crate::sync::SyncPolicy,
     /// Where outbound events may go, and their retry schedule.
     pub outbound: crate::events::OutboundPolicy,
+    /// Retries of writes into projects' own FHIR servers (the FHIR outbox).
+    pub fhir_outbox: crate::fhir_server::outbox::OutboxPolicy,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ impl Config {
             refresh_interval: Duration::from_secs(60),
             sync: crate::sync::SyncPolicy::default(),
             outbound: crate::events::OutboundPolicy::default(),
+            fhir_outbox: crate::fhir_server::outbox::OutboxPolicy::default(),
         }
     }
 
@@ -180,6 +183,10 @@ impl Config {
             Duration::from_secs(parse_var(&var, "WEARLINK_WEBHOOK_SECRET_OVERLAP_SECS", "86400")?);
         config.outbound.disable_after =
             Duration::from_secs(parse_var(&var, "WEARLINK_ENDPOINT_DISABLE_AFTER_SECS", "432000")?);
+        config.fhir_outbox.retry_base =
+            Duration::from_millis(parse_var::<u64>(&var, "WEARLINK_FHIR_OUTBOX_RETRY_MS", "1000")?.max(1));
+        config.fhir_outbox.retry_max =
+            Duration::from_millis(parse_var::<u64>(&var, "WEARLINK_FHIR_OUTBOX_RETRY_MAX_MS", "300000")?.max(1));
         config.log_json = var("WEARLINK_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
         config.shutdown_grace = Duration::from_secs(parse_var(&var, "WEARLINK_SHUTDOWN_GRACE_SECS", "5")?);
         for slug in crate::providers::SLUGS {

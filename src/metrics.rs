@@ -126,6 +126,9 @@ pub struct Snapshot {
     pub inbox: Option<Vec<(String, i64)>>,
     pub pool: PoolStats,
     pub sync: SyncSnapshot,
+    /// The FHIR outbox by state (`pending`, `dead`): rows and the oldest row's creation (epoch
+    /// ms); `None` when the store could not be read.
+    pub fhir_outbox: Option<crate::store::outbox::OutboxDepth>,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,18 @@ pub struct Metrics {
     pool: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
     pool_waiting: Gauge,
+    fhir_outbox: Family<StateLabels, Gauge>,
+    fhir_outbox_oldest: Gauge,
+    /// Resources written into projects' FHIR servers, requests sent, and bundle-size fallbacks.
+    pub fhir_writes: Counter,
+    pub fhir_requests: Family<FhirRequestLabels, Counter>,
+    pub fhir_fallbacks: Counter,
+}
+
+/// A request of the FHIR outbox: `transaction`, `batch` or `single` (one conditional PUT).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FhirRequestLabels {
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -193,6 +208,11 @@ impl Metrics {
             pool: Family::default(),
             pool_max: Gauge::default(),
             pool_waiting: Gauge::default(),
+            fhir_outbox: Family::default(),
+            fhir_outbox_oldest: Gauge::default(),
+            fhir_writes: Counter::default(),
+            fhir_requests: Family::default(),
+            fhir_fallbacks: Counter::default(),
             registry,
         };
         let r = &mut metrics.registry;
@@ -228,6 +248,31 @@ impl Metrics {
             "db_pool_waiting",
             "Tasks waiting for a database connection to write (see README: Metrics)",
             metrics.pool_waiting.clone(),
+        );
+        r.register(
+            "fhir_outbox_rows",
+            "Resources waiting in the FHIR outbox to be written into projects' own FHIR servers, by state (pending, dead; all projects)",
+            metrics.fhir_outbox.clone(),
+        );
+        r.register(
+            "fhir_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending row of the FHIR outbox (0 when none)",
+            metrics.fhir_outbox_oldest.clone(),
+        );
+        r.register(
+            "fhir_server_writes",
+            "Resources written into projects' own FHIR servers",
+            metrics.fhir_writes.clone(),
+        );
+        r.register(
+            "fhir_server_requests",
+            "Write requests sent to projects' own FHIR servers, by kind (transaction, batch, single)",
+            metrics.fhir_requests.clone(),
+        );
+        r.register(
+            "fhir_server_bundle_fallbacks",
+            "Times a FHIR server refused a bundle for its size (or transactions) and smaller bundles were used",
+            metrics.fhir_fallbacks.clone(),
         );
         metrics
     }
@@ -271,6 +316,18 @@ impl Metrics {
             }
             // Unknown is not zero: no series rather than a wrong one.
             None => self.inbox.clear(),
+        }
+        match &snapshot.fhir_outbox {
+            Some(depth) => {
+                for state in [crate::store::outbox::PENDING, crate::store::outbox::DEAD] {
+                    let count = depth.iter().find(|(s, _, _)| s == state).map_or(0, |(_, n, _)| *n);
+                    self.fhir_outbox.get_or_create(&StateLabels { state: state.into() }).set(count);
+                }
+                let oldest =
+                    depth.iter().find(|(s, _, _)| s == crate::store::outbox::PENDING).and_then(|(_, _, at)| *at);
+                self.fhir_outbox_oldest.set(oldest.map_or(0, |at| (crate::time::now_ms() - at).max(0) / 1000));
+            }
+            None => self.fhir_outbox.clear(),
         }
         let pool = snapshot.pool;
         self.pool.get_or_create(&PoolLabels { state: "idle" }).set(pool.idle.into());
@@ -320,8 +377,16 @@ pub async fn snapshot(services: &crate::Services) -> Snapshot {
             None
         }
     };
+    let fhir_outbox = match services.store.outbox_depth().await {
+        Ok(depth) => Some(depth),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: counting the FHIR outbox failed");
+            None
+        }
+    };
     let counters = &services.sync_counters;
     Snapshot {
+        fhir_outbox,
         inbox,
         pool: services.store.pool_stats(),
         sync: SyncSnapshot {
@@ -365,7 +430,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.webhook_event("strava", "activity.create");
         metrics.webhook_event("strava", "patient-123.create");
-        let text = metrics.render(&Snapshot { inbox: None, pool: PoolStats::default(), sync: SyncSnapshot::default() });
+        let text = metrics.render(&Snapshot {
+            inbox: None,
+            pool: PoolStats::default(),
+            sync: SyncSnapshot::default(),
+            fhir_outbox: None,
+        });
         assert!(
             text.contains(
                 r#"wearlink_webhook_events_received_total{provider="strava",event_type="activity.create"} 1"#
@@ -382,7 +452,8 @@ mod tests {
     #[test]
     fn the_inbox_reports_every_state_and_nothing_when_unknown() {
         let metrics = Metrics::new();
-        let snapshot = |inbox| Snapshot { inbox, pool: PoolStats::default(), sync: SyncSnapshot::default() };
+        let snapshot =
+            |inbox| Snapshot { inbox, pool: PoolStats::default(), sync: SyncSnapshot::default(), fhir_outbox: None };
         let text = metrics.render(&snapshot(Some(vec![("received".into(), 3)])));
         assert!(text.contains(r#"wearlink_webhook_inbox_events{state="received"} 3"#), "{text}");
         assert!(text.contains(r#"wearlink_webhook_inbox_events{state="dead"} 0"#), "{text}");

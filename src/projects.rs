@@ -201,6 +201,9 @@ pub async fn put_setting(
     change: SettingChange,
 ) -> Result<BTreeMap<String, Value>> {
     principal.require_admin()?;
+    if key == crate::store::outbox::MODE_SETTING {
+        return Err(Error::Invalid(format!("{key} changes only through POST /v1/project/fhir-store")));
+    }
     let kind = setting_kind(services, key).ok_or_else(|| Error::NotFound(format!("setting {key}")))?;
     let value = match kind {
         SettingKind::Toggle => match change.enabled {
@@ -287,6 +290,16 @@ pub async fn stored_settings(services: &Services, project_id: &str) -> Result<cr
         .cache
         .settings(project_id, async { Ok::<_, Error>(services.store.list_settings(project_id).await?.into()) })
         .await
+}
+
+/// A write that changes the project's settings (the FHIR store switch), announced like a setting.
+pub(crate) async fn changing_settings<T>(
+    services: &Services,
+    project_id: &str,
+    write: impl std::future::Future<Output = std::result::Result<T, crate::store::StoreError>>,
+    wrote: fn(&T) -> bool,
+) -> Result<T> {
+    changing(services, vec![CachedChange::Settings { project_id: project_id.into() }], write, wrote).await
 }
 
 /// Records a setting that is not set through the settings API (e.g. a provider's subscription id).

@@ -685,10 +685,15 @@ async fn every_admin_route_refuses_strangers_and_members_before_reading_the_body
         "POST /v1/webhook-deliveries/{id}/retry",
         "POST /v1/project/fhir-server/check",
         "POST /v1/project/fhir-server/keys",
+        "GET /v1/project/fhir-store",
+        "POST /v1/project/fhir-store",
+        "GET /v1/fhir-outbox",
+        "POST /v1/fhir-outbox/{id}/replay",
+        "POST /v1/fhir-outbox/replay",
     ] {
         assert!(admin_routes.iter().any(|r| r == known), "{known} is not marked admin in the document");
     }
-    assert_eq!(admin_routes.len(), 23, "{admin_routes:#?}");
+    assert_eq!(admin_routes.len(), 28, "{admin_routes:#?}");
 }
 
 /// Issue 11 §1: errors are sent as `application/problem+json`, so the document says so, for

@@ -4,7 +4,7 @@
 //! Requests go out on `Services::outbound_http`, the client of outbound webhooks: no redirects
 //! (a redirect would skip the target checks), no proxy, and a resolver that refuses addresses the
 //! target policy refuses (`events::target`), so the address connected to is the one checked.
-//! NOTE for the next slice: connect, the callback and sync do not call this yet.
+//! The outbox (`outbox.rs`) writes through it.
 
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +20,10 @@ const FHIR_JSON: &str = "application/fhir+json";
 pub struct FhirResponse {
     pub status: u16,
     pub body: Value,
+    /// `Retry-After` (seconds or an HTTP date), as a wait.
+    pub retry_after: Option<std::time::Duration>,
+    /// `Location` (a write's `Type/id/_history/v`).
+    pub location: Option<String>,
 }
 
 impl FhirResponse {
@@ -161,6 +165,9 @@ impl<'a> FhirClient<'a> {
         let answer =
             request.send().await.map_err(|e| FhirServerError::Unreachable(format!("{what}: {}", describe(&e))))?;
         let status = answer.status();
+        let retry_after = crate::providers::retry_after(answer.headers());
+        let location =
+            answer.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
         let text =
             answer.text().await.map_err(|e| FhirServerError::Unreachable(format!("{what}: {}", describe(&e))))?;
         let body = if status == StatusCode::NO_CONTENT {
@@ -168,7 +175,7 @@ impl<'a> FhirClient<'a> {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::Null)
         };
-        Ok(FhirResponse { status: status.as_u16(), body })
+        Ok(FhirResponse { status: status.as_u16(), body, retry_after, location })
     }
 }
 

@@ -6,9 +6,8 @@
 //! offers the later slices a small client ([`client::FhirClient`]) that sends FHIR JSON with that
 //! token and fetches a new one once when the server answers 401.
 //!
-//! Not wired yet (the next slice): connect's Patient check, the Endpoint written there, synced
-//! data written there. Until then a configured server is checked and reachable, and nothing
-//! else uses it; the embedded store stays where everything is written.
+//! Writing there (parts 2–4) is `outbox.rs`: a project switched to `server` mode gets every new
+//! version of its Endpoints and synced data written into the server through a durable outbox.
 //!
 //! Where a check runs: every PUT of a `FHIR_SERVER_*` setting or secret is checked against the
 //! configuration it would make, and refused (nothing stored) when that fails: the URL's
@@ -32,8 +31,10 @@ mod auth;
 pub mod capability;
 pub mod client;
 pub mod keys;
+pub mod outbox;
 
 pub use client::{FhirClient, FhirResponse, PatientLookup};
+pub use outbox::is_server_mode;
 
 pub const URL_SETTING: &str = "FHIR_SERVER_URL";
 pub const AUTH_SETTING: &str = "FHIR_SERVER_AUTH";
@@ -41,7 +42,8 @@ pub const SCOPE_SETTING: &str = "FHIR_SERVER_SCOPE";
 pub const TOKEN_URL_SETTING: &str = "FHIR_SERVER_TOKEN_URL";
 /// `basic` or `form`: how the client id and secret go to the token URL (client_credentials).
 pub const CLIENT_AUTH_SETTING: &str = "FHIR_SERVER_CLIENT_AUTH";
-pub const SETTINGS: &[&str] = &[URL_SETTING, AUTH_SETTING, SCOPE_SETTING, TOKEN_URL_SETTING, CLIENT_AUTH_SETTING];
+pub const SETTINGS: &[&str] =
+    &[URL_SETTING, AUTH_SETTING, SCOPE_SETTING, TOKEN_URL_SETTING, CLIENT_AUTH_SETTING, outbox::BUNDLE_SIZE_SETTING];
 
 pub const TOKEN_SECRET: &str = "FHIR_SERVER_TOKEN";
 pub const CLIENT_ID_SECRET: &str = "FHIR_SERVER_CLIENT_ID";
@@ -388,6 +390,9 @@ pub async fn check_project(services: &Services, principal: &Principal) -> Result
 /// Validates a `FHIR_SERVER_*` setting and checks the configuration it makes; answers the value
 /// to store (`null` unsets it: an unset URL is the embedded store, as before).
 pub async fn prepare_setting(services: &Services, project_id: &str, key: &str, value: Option<Value>) -> Result<Value> {
+    if key == outbox::BUNDLE_SIZE_SETTING {
+        return outbox::prepare_bundle_size(value.as_ref());
+    }
     let raw = match &value {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,

@@ -63,7 +63,7 @@ pub async fn get_settings(State(s): State<Arc<Services>>, principal: Principal) 
 
 /// Sets one setting (admin). Answers all settings.
 #[utoipa::path(put, path = "/v1/project/settings/{key}", tag = "project", security(("bearer" = ["admin"])),
-    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_ENABLED (one per provider), WEARABLE_REDIRECT_ALLOWLIST, WEARABLE_BACKFILL_DAYS, WEARABLE_CONNECT_FRAME_ANCESTORS or FHIR_SERVER_{URL,AUTH,SCOPE,TOKEN_URL,CLIENT_AUTH} (checked against the server when set)")),
+    params(("key" = String, Path, description = "WEARABLE_<PROVIDER>_ENABLED (one per provider), WEARABLE_REDIRECT_ALLOWLIST, WEARABLE_BACKFILL_DAYS, WEARABLE_CONNECT_FRAME_ANCESTORS FHIR_SERVER_{URL,AUTH,SCOPE,TOKEN_URL,CLIENT_AUTH} (checked against the server when set) or FHIR_SERVER_BUNDLE_SIZE (1..500, default 8)")),
     request_body = SettingBody,
     responses((status = 200, body = SettingsResponse), (status = 404, body = Problem),
         (status = 409, description = "FHIR_SERVER_URL / FHIR_SERVER_TOKEN_URL: a change while FHIR_SERVER_TOKEN or FHIR_SERVER_CLIENT_SECRET is stored (`conflict`)", body = Problem),

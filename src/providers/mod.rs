@@ -605,9 +605,15 @@ fn oauth_error_code(body: &serde_json::Value) -> Option<String> {
     errors.first()?.get("resource")?.as_str().map(|r| format!("{}_invalid", r.to_ascii_lowercase()))
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(std::time::Duration::from_secs)
+/// `Retry-After`: delay-seconds, or an HTTP date (RFC 9110 §10.2.3), as a wait from now.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.timestamp_millis() - crate::time::now_ms();
+    Some(std::time::Duration::from_millis(wait.max(0) as u64))
 }
 
 /// Classifies the status of a revocation call: success, or access already gone, is done.

@@ -7,11 +7,13 @@ use serde_json::Value;
 use crate::crypto::Sealed;
 
 pub mod outbound;
+pub mod outbox;
 mod postgres;
 pub mod retention;
 pub mod sessions;
 mod sql;
 mod sql_outbound;
+mod sql_outbox;
 mod sql_retention;
 mod sql_sessions;
 mod sql_sync;
@@ -19,6 +21,7 @@ mod sqlite;
 pub mod sync;
 
 pub use outbound::OutboundStore;
+pub use outbox::OutboxStore;
 pub use retention::RetentionStore;
 pub use sessions::{ConnectSessionRecord, SessionStore};
 pub use sync::{JobStore, ResourceStore, SyncStore};
@@ -559,6 +562,7 @@ pub trait Store:
     + ResourceStore
     + SyncStore
     + OutboundStore
+    + OutboxStore
     + RetentionStore
     + SessionStore
     + Backend
@@ -574,6 +578,7 @@ impl<T> Store for T where
         + ResourceStore
         + SyncStore
         + OutboundStore
+        + OutboxStore
         + RetentionStore
         + SessionStore
         + Backend

@@ -10,6 +10,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
 use super::sql::impl_sql_store;
 use super::sql_outbound::impl_outbound_store;
+use super::sql_outbox::impl_outbox_store;
 use super::sql_retention::impl_retention_store;
 use super::sql_sessions::impl_session_store;
 use super::sql_sync::impl_sync_store;
@@ -225,5 +226,14 @@ impl_outbound_store!(
 );
 
 impl_session_store!(store: PostgresStore, row: PgRow);
+
+impl_outbox_store!(
+    store: PostgresStore,
+    db: sqlx::Postgres,
+    row: PgRow,
+    begin_write: begin,
+    lock_rows: " FOR UPDATE",
+    lock_share: " FOR KEY SHARE OF p",
+);
 
 impl_retention_store!(store: PostgresStore, skip_locked: " FOR UPDATE SKIP LOCKED");

@@ -126,8 +126,8 @@ macro_rules! impl_sql_store {
         body: Value,
         now: i64,
     ) -> StoreResult<StoredResource> {
-        let (version,): (i64,) = sqlx::query_as(concat!(
-            "SELECT version_id FROM fhir_resources WHERE resource_type = 'Endpoint' AND id = $1",
+        let (version, project_id): (i64, String) = sqlx::query_as(concat!(
+            "SELECT version_id, project_id FROM fhir_resources WHERE resource_type = 'Endpoint' AND id = $1",
             $lock_rows
         ))
         .bind(endpoint_id)
@@ -145,6 +145,7 @@ macro_rules! impl_sql_store {
         .bind(endpoint_id)
         .execute(&mut **tx)
         .await?;
+        outbox_in(tx, &project_id, &[("Endpoint", endpoint_id, version)], now).await?;
         Ok(StoredResource { id: endpoint_id.into(), version_id: version, last_updated: now, body })
     }
 
@@ -603,6 +604,10 @@ macro_rules! impl_sql_store {
                     $crate::events::CONNECTION_CREATED
                 };
                 emit_in(&mut tx, &$crate::events::connection_event(kind, c, None, c.updated_at), None).await?;
+            }
+            for ((c, _), stored) in items.iter().zip(&saved) {
+                outbox_in(&mut tx, &c.project_id, &[("Endpoint", c.endpoint_id.as_str(), stored.version_id)], c.updated_at)
+                    .await?;
             }
             // Connecting (or reconnecting) queues the connection's backfill in the same
             // transaction: no connection is saved without it.

@@ -287,6 +287,10 @@ macro_rules! impl_sync_store {
                 }
                 query.execute(&mut *tx).await?;
             }
+            // Each new version also goes to the project's FHIR server, when it writes there.
+            let versions: Vec<(&str, &str, i64)> =
+                changed.iter().map(|(w, v)| (w.resource_type.as_str(), w.id.as_str(), *v)).collect();
+            outbox_in(&mut tx, project_id, &versions, now).await?;
             if let (Some(source), false) = (source, changed.is_empty()) {
                 let references: Vec<String> = changed.iter().map(|(w, _)| format!("{}/{}", w.resource_type, w.id)).collect();
                 emit_in(&mut tx, &source.data_synced(&references, now), None).await?;

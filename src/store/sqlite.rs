@@ -13,6 +13,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::impl_sql_store;
 use super::sql_outbound::impl_outbound_store;
+use super::sql_outbox::impl_outbox_store;
 use super::sql_retention::impl_retention_store;
 use super::sql_sessions::impl_session_store;
 use super::sql_sync::impl_sync_store;
@@ -244,6 +245,15 @@ impl_outbound_store!(
 );
 
 impl_session_store!(store: SqliteStore, row: SqliteRow);
+
+impl_outbox_store!(
+    store: SqliteStore,
+    db: sqlx::Sqlite,
+    row: SqliteRow,
+    begin_write: begin_immediate,
+    lock_rows: "",
+    lock_share: "",
+);
 
 impl_retention_store!(store: SqliteStore, skip_locked: "");
 

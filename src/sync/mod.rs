@@ -32,12 +32,14 @@ pub const BACKFILL: &str = "backfill";
 pub const RECONCILE: &str = "reconcile";
 /// Deliveries of outbound events to the platform (`crate::events`), sharing the queue.
 pub const DELIVERY: &str = "delivery";
+/// Drains of a project's FHIR outbox into its own FHIR server (`crate::fhir_server::outbox`).
+pub const FHIR_OUTBOX: &str = crate::store::outbox::DRAIN_KIND;
 /// Every kind, for `run_due`.
-const KINDS: &[&str] = &[WEBHOOK_EVENT, DELIVERY, BACKFILL, RECONCILE];
+const KINDS: &[&str] = &[WEBHOOK_EVENT, DELIVERY, FHIR_OUTBOX, BACKFILL, RECONCILE];
 /// The sync lane's kinds: long jobs bound by providers' rate limits.
 const SYNC_KINDS: &[&str] = &[WEBHOOK_EVENT, BACKFILL, RECONCILE];
 /// The delivery lane's: short jobs that wait on the platform's network answers.
-const DELIVERY_KINDS: &[&str] = &[DELIVERY];
+const DELIVERY_KINDS: &[&str] = &[DELIVERY, FHIR_OUTBOX];
 
 /// Fresh data first: a webhook's event before a resync, a resync before a backfill.
 const PRIORITY_EVENT: i64 = 0;
@@ -187,6 +189,7 @@ async fn run(services: Arc<Services>, job: Job, lease: Lease) {
         match job.kind.as_str() {
             WEBHOOK_EVENT => events::process(&services, &job, &lease).await,
             DELIVERY => crate::events::deliver(&services, &job, &lease).await,
+            FHIR_OUTBOX => crate::fhir_server::outbox::drain(&services, &job, &lease).await,
             _ => backfill::run(&services, &job, lease.clone()).await,
         }
     };
