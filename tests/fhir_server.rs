@@ -18,6 +18,7 @@ on_both_backends!(
     client_credentials_tokens_are_fetched_once_reused_and_renewed_once_after_a_401,
     private_key_jwt_assertions_verify_against_our_jwks_and_rotation_keeps_the_old_key,
     servers_that_do_not_qualify_or_cannot_be_reached_are_refused_with_clear_problems,
+    a_project_on_its_own_server_connects_that_servers_patients_and_is_read_there,
 );
 
 /// The test app, allowed to reach the partner on loopback over plain http.
@@ -359,4 +360,57 @@ async fn servers_that_do_not_qualify_or_cannot_be_reached_are_refused_with_clear
     let member = app.member_token().await;
     let (status, _) = app.send("POST", "/v1/project/fhir-server/check", Some(&member), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// Once a project has switched to its own server, connect asks that server for the patient
+/// (its 404 ours, it down 503) and `/fhir/R4` points there instead of answering from Wearlink.
+async fn a_project_on_its_own_server_connects_that_servers_patients_and_is_read_there(backend: Backend) {
+    let Some(partner) =
+        FhirPartner::start_with(&[("FHIR_AUTH", "bearer"), ("FHIR_BEARER_TOKEN", "platform-token-2")]).await
+    else {
+        return;
+    };
+    let app = app(backend).await;
+    ok(set(&app, "FHIR_SERVER_URL", json!(partner.base)).await);
+    ok(set(&app, "FHIR_SERVER_AUTH", json!("bearer")).await);
+    ok(secret(&app, "FHIR_SERVER_TOKEN", "platform-token-2").await);
+    app.configure("strava").await;
+    let on_server = patient_on(&partner, "platform-token-2").await;
+    let embedded = app.create_patient().await;
+
+    // Configured but not switched: the embedded store is still the project's store.
+    assert_eq!(app.connect("strava", json!({"patientId": embedded})).await.0, StatusCode::OK);
+    problem(app.connect("strava", json!({"patientId": on_server})).await, StatusCode::NOT_FOUND, "not_found");
+
+    let switched = app.send("POST", "/v1/project/fhir-store", Some(&app.admin), Some(json!({"store": "server"}))).await;
+    assert!(switched.0.is_success(), "{}", switched.1);
+
+    let (status, started) = app.connect("strava", json!({"patientId": on_server})).await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    assert!(started["authorizationUrl"].as_str().unwrap().contains("state="), "{started}");
+    problem(app.connect("strava", json!({"patientId": embedded})).await, StatusCode::NOT_FOUND, "not_found");
+
+    let member = app.member_token().await;
+    for (method, path) in [
+        ("GET", format!("/fhir/R4/Patient/{embedded}")),
+        ("GET", format!("/fhir/R4/Endpoint?patient={on_server}")),
+        ("GET", format!("/fhir/R4/Observation?patient={on_server}")),
+        ("POST", "/fhir/R4/Patient".to_string()),
+    ] {
+        let body = (method == "POST").then(|| json!({"resourceType": "Patient"}));
+        let (status, outcome) = app.send(method, &path, Some(&member), body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {outcome}");
+        assert_eq!(support::outcome_code(&outcome, "not-supported"), "fhir_data_on_server");
+        assert!(outcome.to_string().contains(&partner.base), "names the server: {outcome}");
+    }
+    let (status, statement) = app.get("/fhir/R4/metadata").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(statement["rest"][0]["documentation"].as_str().unwrap().contains("fhir_data_on_server"));
+
+    // The server down: connect cannot know the patient, so it answers 503 and stores no state.
+    drop(partner);
+    let (status, body) = app.connect("strava", json!({"patientId": on_server})).await;
+    assert_eq!(support::problem_code(&body, StatusCode::SERVICE_UNAVAILABLE), "fhir_server_unavailable");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!body.to_string().contains("platform-token-2"), "{body}");
 }

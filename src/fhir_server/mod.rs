@@ -549,11 +549,6 @@ pub async fn require_embedded_store(services: &Services, project_id: &str) -> Re
     Err(FhirServerError::DataOnServer(url).into())
 }
 
-/// LEAD-PLACEHOLDER: replaced by h/outbox's implementation at merge.
-pub async fn is_server_mode(_services: &Services, _project_id: &str) -> Result<bool> {
-    Ok(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
