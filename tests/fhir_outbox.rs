@@ -125,9 +125,12 @@ fn platform(partner: &FhirPartner) -> Platform<'_> {
     Platform { partner, token: PLATFORM_TOKEN.into() }
 }
 
-/// A patient in both stores under one id (connect checks Wearlink's until the server check lands).
+/// A patient of the platform: on its server (where a switched project's connect looks, and where
+/// the copies' references point) and, before the switch, under the same id in Wearlink's store
+/// (where connect looks until then).
 async fn shared_patient(app: &TestApp, server: &Platform<'_>) -> String {
-    let id = app.create_patient().await;
+    let switched = wearlink::fhir_server::is_server_mode(&app.services, &app.project_id).await.unwrap();
+    let id = if switched { format!("p-{}", uuid::Uuid::new_v4().simple()) } else { app.create_patient().await };
     server.patient(&id).await;
     id
 }
@@ -177,11 +180,13 @@ async fn settle_after_backoff(app: &TestApp) {
     settle(app).await;
 }
 
-/// Every resource of a type in Wearlink's store for the patient.
+/// Wearlink's working copy (a switched project's `/fhir/R4` points at its server), by a FHIR query.
 async fn stored(app: &TestApp, query: &str) -> Vec<Value> {
-    let (status, bundle) = app.get(&format!("/fhir/R4/{query}")).await;
-    assert_eq!(status, StatusCode::OK, "{bundle}");
-    bundle["entry"].as_array().map(|e| e.iter().map(|e| e["resource"].clone()).collect()).unwrap_or_default()
+    let (resource_type, params) = query.split_once('?').unwrap();
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(params.as_bytes()).into_owned().collect();
+    let query = wearlink::fhir::search::parse(resource_type, &params).unwrap();
+    let (_, found) = app.services.store.search_resources(&app.project_id, &query).await.unwrap();
+    found.into_iter().map(|r| r.body).collect()
 }
 
 async fn outbox(app: &TestApp, state: &str) -> Vec<Value> {
@@ -375,7 +380,7 @@ async fn private_key_jwt_tokens_sign_the_outbox_writes_and_are_fetched_once(back
     ok(switch(&app, "server").await);
     // The test reads the server as Wearlink does (only Wearlink's key gets tokens there).
     let client = wearlink::fhir_server::FhirClient::for_project(&app.services, &app.project_id).await.unwrap().unwrap();
-    let patient = app.create_patient().await;
+    let patient = format!("p-{}", uuid::Uuid::new_v4().simple());
     let put = client.put(&format!("Patient/{patient}"), &json!({"resourceType": "Patient", "id": patient})).await;
     assert!(put.unwrap().is_success());
     let (endpoint, _) = connect_strava(&app, &patient, 2).await;
@@ -418,8 +423,9 @@ async fn a_server_down_mid_sync_gets_everything_once_when_it_is_back(backend: Ba
     ok(switch(&app, "server").await);
     let patient = shared_patient(&app, &server).await;
 
-    proxy.cut();
+    // Connected while the server answers (connect asks it for the patient), cut before the sync.
     let (endpoint, _) = connect_strava(&app, &patient, 4).await;
+    proxy.cut();
     for _ in 0..4 {
         app.sync().await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
