@@ -385,6 +385,10 @@ async fn a_project_on_its_own_server_connects_that_servers_patients_and_is_read_
     let switched = app.send("POST", "/v1/project/fhir-store", Some(&app.admin), Some(json!({"store": "server"}))).await;
     assert!(switched.0.is_success(), "{}", switched.1);
 
+    // Its data lives there now: the URL cannot move (or go) under it without a switch.
+    let detail = problem(set(&app, "FHIR_SERVER_URL", json!(null)).await, StatusCode::CONFLICT, "conflict");
+    assert!(detail.contains("switch to the embedded store first"), "{detail}");
+
     let (status, started) = app.connect("strava", json!({"patientId": on_server})).await;
     assert_eq!(status, StatusCode::OK, "{started}");
     assert!(started["authorizationUrl"].as_str().unwrap().contains("state="), "{started}");

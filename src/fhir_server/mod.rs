@@ -441,6 +441,15 @@ pub async fn prepare_setting(services: &Services, project_id: &str, key: &str, v
         TOKEN_URL_SETTING => candidate.token_url != new_url,
         _ => false,
     };
+    if key == URL_SETTING && moves && is_server_mode(services, project_id).await? {
+        // The project's data is on that server: a new one would get only what is written from
+        // now on (a silent split), and none would leave every write waiting.
+        return Err(Error::Conflict(format!(
+            "{key} cannot change while the project's store is its FHIR server: switch to the \
+             embedded store first (POST /v1/project/fhir-store {{\"store\": \"embedded\"}}), change \
+             it, then switch back (which copies everything to the new server)"
+        )));
+    }
     if moves && (candidate.token.is_some() || candidate.client_secret.is_some()) {
         // Stored credentials are write-only: were they checked against a new address, an admin
         // token could read them back by pointing the URL at its own host. They go only where
