@@ -23,6 +23,9 @@ CREATE TABLE fhir_outbox (
 );
 CREATE INDEX fhir_outbox_by_project ON fhir_outbox (project_id, state, seq);
 CREATE INDEX fhir_outbox_by_switch ON fhir_outbox (switch_id);
+-- The drain settles a resource's rows (`seq <= x`) and a later write clears its dead letters:
+-- without this, each is a scan of the project's whole backlog (a switch's copy: quadratic).
+CREATE INDEX fhir_outbox_by_resource ON fhir_outbox (project_id, resource_type, resource_id, seq);
 
 CREATE TABLE fhir_store_switches (
     id           TEXT PRIMARY KEY,
