@@ -26,16 +26,19 @@ macro_rules! impl_outbox_store {
         if items.is_empty() {
             return Ok(());
         }
-        let mode: Option<(Option<String>,)> = sqlx::query_as(concat!(
-            "SELECT s.value FROM projects p
-             LEFT JOIN project_settings s ON s.project_id = p.id AND s.key = 'FHIR_STORE'
-             WHERE p.id = $1",
-            $lock_share
-        ))
-        .bind(project_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let server = mode.and_then(|(v,)| v).is_some_and(|v| v.trim_matches('"') == $crate::store::outbox::MODE_SERVER);
+        // Two statements: the lock first, then the mode. Under READ COMMITTED a statement reads
+        // from the snapshot it started with, so one that waited for a switch's lock would still
+        // see the mode from before the switch, and queue nothing (review finding).
+        sqlx::query(concat!("SELECT p.id FROM projects p WHERE p.id = $1", $lock_share))
+            .bind(project_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let mode: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM project_settings WHERE project_id = $1 AND key = 'FHIR_STORE'")
+                .bind(project_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let server = mode.is_some_and(|(v,)| v.trim_matches('"') == $crate::store::outbox::MODE_SERVER);
         if !server {
             return Ok(());
         }
