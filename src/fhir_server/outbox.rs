@@ -193,12 +193,13 @@ pub async fn drain(services: &Services, job: &Job, lease: &Lease) -> Result<bool
         }
         None => {
             // Once per server and size: a server without transactions gets batches from the start.
-            let bundles = match client.metadata().await {
-                Ok(statement) => super::capability::qualify(&statement).map(|q| q.bundles).unwrap_or("transaction"),
-                Err(_) => "transaction",
+            // Unread (the server is down), transactions until it refuses them; nothing is learned.
+            let bundles = client.metadata().await.ok().and_then(|s| super::capability::qualify(&s).ok());
+            let mode = match bundles.as_ref().map(|q| q.bundles) {
+                Some("batch") => Mode::Batch,
+                _ => Mode::Transaction,
             };
-            let mode = if bundles == "batch" { Mode::Batch } else { Mode::Transaction };
-            (mode, configured, true)
+            (mode, configured, bundles.is_some())
         }
     };
     let mut drain = Drain {
