@@ -4,16 +4,16 @@
 # (tests/fhir-partner: Medplum's engine and validator, over HTTP on 127.0.0.1) with one
 # conditional PUT per resource (bundle size 1) against transaction Bundles (8: Medplum's cap with
 # conditional entries; larger sizes as the partner without FHIR_MEDPLUM_CAPS allows), in one run
-# against the same server (examples/bench_fhir_server.rs). One drain job per project sends one
-# request at a time: never more than one open transaction per project, by construction.
+# (examples/bench_fhir_server.rs), each measurement against a fresh partner. One drain job per
+# project sends one request at a time: never more than one open transaction per project, by
+# construction (the job's unique key; each Bundle's answer is awaited before the next is sent).
 #
 # Settings (environment):
 #   BENCH_RESOURCES   400        Observations written per bundle size
 #   BENCH_SIZES       1,8,50     bundle sizes
 #   BENCH_RTTS        "0 20 50"  round-trip times (ms) added by a TCP relay in front of the partner:
-#                                0 is loopback; 20 and 50 a server across a network. Each RTT gets a
-#                                fresh partner; its sizes run in the order given against it (what
-#                                the first size wrote makes the later ones' searches a little slower)
+#                                0 is loopback; 20 and 50 a server across a network. Each (RTT,
+#                                size) gets a fresh partner
 #   BENCH_PORT        18300      the partner's port
 #   BENCH_PROFILE     release    cargo profile of the example (release or dev)
 #   BENCH_OUT         bench/results
@@ -37,7 +37,8 @@ partner=tests/fhir-partner
 [ -x "$partner/node_modules/.bin/node" ] || { echo "run (cd $partner && npm ci) first" >&2; exit 1; }
 partner_pid=
 trap '[ -n "$partner_pid" ] && kill $partner_pid 2>/dev/null || true' EXIT
-# A fresh partner (empty, in memory) for each RTT: its conditional searches grow with what it holds.
+# A fresh partner (empty, in memory) for each measurement: its conditional searches scan what it
+# holds, so a partner that kept the resources of the runs before would slow the later ones.
 start_partner() {
   ( cd "$partner" && PORT=$PORT HOST=127.0.0.1 FHIR_AUTH=bearer FHIR_BEARER_TOKEN=$TOKEN \
       exec node_modules/.bin/node server.mjs >"/tmp/fhir-partner-$PORT.log" 2>&1 ) &
@@ -53,11 +54,13 @@ start_partner() {
 mkdir -p "$OUT"
 results=$(mktemp)
 for rtt in $RTTS; do
-  start_partner
-  "$bin" --base "http://127.0.0.1:$PORT/fhir/R4" --token "$TOKEN" --resources "$RESOURCES" --sizes "$SIZES" \
-    --rtt-ms "$rtt" >>"$results"
-  kill $partner_pid; wait $partner_pid 2>/dev/null || true
-  partner_pid=
+  for size in ${SIZES//,/ }; do
+    start_partner
+    "$bin" --base "http://127.0.0.1:$PORT/fhir/R4" --token "$TOKEN" --resources "$RESOURCES" --sizes "$size" \
+      --rtt-ms "$rtt" >>"$results"
+    kill $partner_pid; wait $partner_pid 2>/dev/null || true
+    partner_pid=
+  done
 done
 lines=$(cat "$results")
 echo "$lines"

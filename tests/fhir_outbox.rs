@@ -22,6 +22,7 @@ on_both_backends!(
     private_key_jwt_tokens_sign_the_outbox_writes_and_are_fetched_once,
     a_server_down_mid_sync_gets_everything_once_when_it_is_back,
     a_refused_resource_is_a_dead_letter_that_stalls_nothing_and_replays_after_the_fix,
+    a_server_that_takes_only_batches_gets_batches,
     switching_a_project_with_data_copies_it_all_once_and_reports_progress,
 );
 
@@ -443,28 +444,40 @@ async fn a_server_down_mid_sync_gets_everything_once_when_it_is_back(backend: Ba
     assert_eq!(server.count("Procedure").await + server.count("Observation").await, written, "each once");
 }
 
-/// An HTTP proxy in front of the partner that refuses (400, an OperationOutcome) every request
-/// naming `refused` while it is set: a platform whose server rejects one resource.
-struct RefusingProxy {
+/// An HTTP proxy in front of the partner, as a platform's server that differs from it: it refuses
+/// (400, an OperationOutcome) every request naming `refused` while that is set, and with
+/// `batch_only` its CapabilityStatement offers `batch` and no `transaction`. It notes the type
+/// of each Bundle it is sent.
+struct PlatformProxy {
     base: String,
     refused: Arc<Mutex<Option<String>>>,
-    down: Arc<AtomicBool>,
+    batch_only: Arc<AtomicBool>,
+    bundle_types: Arc<Mutex<Vec<String>>>,
 }
 
-async fn refusing_proxy(partner: &FhirPartner) -> RefusingProxy {
-    let refused: Arc<Mutex<Option<String>>> = Arc::default();
-    let down = Arc::new(AtomicBool::new(false));
-    let origin = partner.origin();
-    let state = (Arc::clone(&refused), origin);
+async fn platform_proxy(partner: &FhirPartner) -> PlatformProxy {
+    let proxy = PlatformProxy {
+        base: String::new(),
+        refused: Arc::default(),
+        batch_only: Arc::default(),
+        bundle_types: Arc::default(),
+    };
+    let state =
+        (Arc::clone(&proxy.refused), Arc::clone(&proxy.batch_only), Arc::clone(&proxy.bundle_types), partner.origin());
     let app = axum::Router::new().fallback(
         move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
-            let (refused, origin) = state.clone();
+            let (refused, batch_only, bundle_types, origin) = state.clone();
             async move {
                 let refuse = refused.lock().unwrap().clone().is_some_and(|id| body.contains(&id));
                 if refuse {
                     let outcome = json!({"resourceType": "OperationOutcome", "issue": [{
                         "severity": "error", "code": "business-rule", "diagnostics": "this platform refuses it"}]});
                     return (StatusCode::BAD_REQUEST, [("content-type", "application/fhir+json")], outcome.to_string());
+                }
+                if let Ok(bundle) = serde_json::from_str::<Value>(&body) {
+                    if bundle["resourceType"] == "Bundle" {
+                        bundle_types.lock().unwrap().push(bundle["type"].as_str().unwrap_or_default().to_string());
+                    }
                 }
                 let mut request = reqwest::Client::new().request(method, format!("{origin}{uri}")).body(body);
                 for name in ["authorization", "content-type", "accept", "prefer"] {
@@ -474,21 +487,48 @@ async fn refusing_proxy(partner: &FhirPartner) -> RefusingProxy {
                 }
                 let answer = request.send().await.unwrap();
                 let status = answer.status();
-                (status, [("content-type", "application/fhir+json")], answer.text().await.unwrap())
+                let mut text = answer.text().await.unwrap();
+                if uri.path().ends_with("/metadata") && batch_only.load(Ordering::SeqCst) {
+                    let mut statement: Value = serde_json::from_str(&text).unwrap();
+                    for rest in statement["rest"].as_array_mut().unwrap() {
+                        rest["interaction"].as_array_mut().unwrap().retain(|i| i["code"] != "transaction");
+                    }
+                    text = statement.to_string();
+                }
+                (status, [("content-type", "application/fhir+json")], text)
             }
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    RefusingProxy { base: format!("http://{addr}/fhir/R4"), refused, down }
+    PlatformProxy { base: format!("http://{addr}/fhir/R4"), ..proxy }
+}
+
+async fn a_server_that_takes_only_batches_gets_batches(backend: Backend) {
+    let Some(partner) = partner(&[]).await else { return };
+    let server = platform(&partner);
+    let proxy = platform_proxy(&partner).await;
+    proxy.batch_only.store(true, Ordering::SeqCst);
+    let app = app(backend).await;
+    point_at(&app, &proxy.base).await;
+    let report = ok(app.send("POST", "/v1/project/fhir-server/check", Some(&app.admin), None).await);
+    assert_eq!(report["bundles"], "batch");
+    ok(switch(&app, "server").await);
+    let patient = shared_patient(&app, &server).await;
+    let (endpoint, _) = connect_strava(&app, &patient, 2).await;
+    settle(&app).await;
+
+    assert_on_server(&app, &server, &patient, &endpoint).await;
+    let types = proxy.bundle_types.lock().unwrap().clone();
+    assert!(!types.is_empty() && types.iter().all(|t| t == "batch"), "{types:?}");
+    assert!(outbox(&app, "pending").await.is_empty() && outbox(&app, "dead").await.is_empty());
 }
 
 async fn a_refused_resource_is_a_dead_letter_that_stalls_nothing_and_replays_after_the_fix(backend: Backend) {
     let Some(partner) = partner(&[]).await else { return };
     let server = platform(&partner);
-    let proxy = refusing_proxy(&partner).await;
-    assert!(!proxy.down.load(Ordering::SeqCst));
+    let proxy = platform_proxy(&partner).await;
     let app = app(backend).await;
     point_at(&app, &proxy.base).await;
     ok(switch(&app, "server").await);

@@ -193,12 +193,13 @@ pub async fn drain(services: &Services, job: &Job, lease: &Lease) -> Result<bool
         }
         None => {
             // Once per server and size: a server without transactions gets batches from the start.
-            let bundles = match client.metadata().await {
-                Ok(statement) => super::capability::qualify(&statement).map(|q| q.bundles).unwrap_or("transaction"),
-                Err(_) => "transaction",
+            // Unread (the server is down), transactions until it refuses them; nothing is learned.
+            let bundles = client.metadata().await.ok().and_then(|s| super::capability::qualify(&s).ok());
+            let mode = match bundles.as_ref().map(|q| q.bundles) {
+                Some("batch") => Mode::Batch,
+                _ => Mode::Transaction,
             };
-            let mode = if bundles == "batch" { Mode::Batch } else { Mode::Transaction };
-            (mode, configured, true)
+            (mode, configured, bundles.is_some())
         }
     };
     let mut drain = Drain {
@@ -257,7 +258,7 @@ impl<'a> Drain<'a> {
             self.known.extend(store.server_ids(&self.project_id, &self.server, &refs).await?);
             let mut start = 0;
             while start < items.len() {
-                let end = (start + self.size).min(items.len());
+                let end = self.chunk_end(&items, start);
                 let chunk = &items[start..end];
                 let sent = self.send(chunk).await;
                 let unavailable = sent.iter().any(|s| matches!(s, Sent::Unavailable { .. }));
@@ -413,7 +414,7 @@ impl<'a> Drain<'a> {
         let mut sent = Vec::with_capacity(items.len());
         let mut start = 0;
         while start < items.len() {
-            let end = (start + self.size).min(items.len());
+            let end = self.chunk_end(items, start);
             let part = self.send(&items[start..end]).await;
             let stop = part.iter().find(|s| matches!(s, Sent::Unavailable { .. })).cloned();
             sent.extend(part);
@@ -424,6 +425,26 @@ impl<'a> Drain<'a> {
             start = end;
         }
         sent
+    }
+
+    /// Where the Bundle that starts at `start` ends: `size` items, and in a batch (whose entries
+    /// the server handles independently, so they cannot reference each other) before the first
+    /// item that references one already in it.
+    fn chunk_end(&self, items: &[Item], start: usize) -> usize {
+        let max = (start + self.size).min(items.len());
+        if self.mode == Mode::Transaction {
+            return max;
+        }
+        let mut in_chunk = HashSet::new();
+        for (i, item) in items.iter().enumerate().take(max).skip(start) {
+            let mut refs = Vec::new();
+            references_of(&item.body, &mut refs);
+            if i > start && refs.iter().any(|r| in_chunk.contains(r)) {
+                return i;
+            }
+            in_chunk.insert(item.key());
+        }
+        max
     }
 
     /// One conditional update, outside any Bundle.
@@ -463,12 +484,16 @@ impl<'a> Drain<'a> {
     fn bundle(&self, items: &[Item]) -> Value {
         let full_urls: HashMap<(String, String), String> =
             items.iter().map(|i| (i.key(), format!("urn:uuid:{}", uuid::Uuid::new_v4()))).collect();
+        // Only a transaction resolves references between its entries (`chunk_end` keeps a
+        // batch's entries independent).
+        let no_entries = HashMap::new();
+        let in_bundle = if self.mode == Mode::Transaction { &full_urls } else { &no_entries };
         let entries: Vec<Value> = items
             .iter()
             .map(|item| {
                 json!({
                     "fullUrl": full_urls[&item.key()],
-                    "resource": self.prepare(item, &full_urls),
+                    "resource": self.prepare(item, in_bundle),
                     "request": { "method": "PUT", "url": conditional_url(item) }
                 })
             })
