@@ -147,6 +147,10 @@ enum Sent {
         error: String,
         outcome: Option<Value>,
     },
+    /// Not sent: it references a resource that is not on the server yet (pending, retried or a
+    /// dead letter). Sent with Wearlink's id, the reference would dangle for good; so it waits,
+    /// with backoff and no attempt cap, until that one is written (a replayed dead letter too).
+    Waiting(String),
 }
 
 struct Drain<'a> {
@@ -256,11 +260,28 @@ impl<'a> Drain<'a> {
             refs.sort();
             refs.dedup();
             self.known.extend(store.server_ids(&self.project_id, &self.server, &refs).await?);
+            let in_window: HashSet<(String, String)> = items.iter().map(Item::key).collect();
+            let mut found = DrainResults::default();
+            let unknown: Vec<(String, String)> =
+                refs.iter().filter(|r| !self.known.contains_key(*r) && !in_window.contains(*r)).cloned().collect();
+            for r in &unknown {
+                // Written before without its id coming back (or by an older drain): ask the server.
+                if let Some(server_id) = self.lookup(r).await {
+                    self.known.insert(r.clone(), server_id.clone());
+                    found.server_ids.push((r.0.clone(), r.1.clone(), server_id));
+                }
+            }
+            if !found.server_ids.is_empty() {
+                let lease = renewed(self.services, lease);
+                if !store.record_outbox(&lease, &job.id, &self.project_id, &self.server, &found, now_ms()).await? {
+                    return Ok((false, None));
+                }
+            }
             let mut start = 0;
             while start < items.len() {
                 let end = self.chunk_end(&items, start);
                 let chunk = &items[start..end];
-                let sent = self.send(chunk).await;
+                let sent = self.send_resolved(chunk).await;
                 let unavailable = sent.iter().any(|s| matches!(s, Sent::Unavailable { .. }));
                 let results = self.results(chunk, &sent);
                 let lease = renewed(self.services, lease);
@@ -334,6 +355,10 @@ impl<'a> Drain<'a> {
                     results.retry.push((t, id, item.up_to, next, error.clone()));
                 }
                 Sent::Conflict(error) => results.dead.push((t, id, item.up_to, error.clone(), None)),
+                Sent::Waiting(error) => {
+                    let next = policy.next_attempt(item.attempts, None, now);
+                    results.retry.push((t, id, item.up_to, next, error.clone()));
+                }
                 Sent::Refused { error, outcome } => {
                     results.dead.push((t, id, item.up_to, error.clone(), outcome.clone()))
                 }
@@ -347,6 +372,61 @@ impl<'a> Drain<'a> {
     /// Sends `items` (at most `size`): one Bundle, smaller ones when the server refuses its size,
     /// halves when it refuses its content (to find the resource it refuses), one PUT each at
     /// size 1. Answers one outcome per item, in order.
+    /// `send` for the items whose references all resolve (to the server's ids, or, in a
+    /// transaction, to entries sent with them); the others wait.
+    async fn send_resolved(&mut self, chunk: &[Item]) -> Vec<Sent> {
+        let mut waiting: Vec<Option<String>> = vec![None; chunk.len()];
+        // Until nothing changes: an entry that waits cannot be what another one resolves to.
+        loop {
+            let sendable: HashSet<(String, String)> = chunk
+                .iter()
+                .zip(&waiting)
+                .filter(|(_, w)| w.is_none() && self.mode == Mode::Transaction)
+                .map(|(item, _)| item.key())
+                .collect();
+            let mut changed = false;
+            for (item, wait) in chunk.iter().zip(waiting.iter_mut()) {
+                if wait.is_some() {
+                    continue;
+                }
+                let mut refs = Vec::new();
+                references_of(&item.body, &mut refs);
+                if let Some((t, id)) =
+                    refs.into_iter().find(|r| r.0 != "Patient" && !self.known.contains_key(r) && !sendable.contains(r))
+                {
+                    *wait = Some(format!("waits for {t}/{id} to be on the FHIR server first"));
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let ready: Vec<Item> =
+            chunk.iter().zip(&waiting).filter(|(_, w)| w.is_none()).map(|(item, _)| item.clone()).collect();
+        let mut sent = if ready.is_empty() { Vec::new() } else { self.send(&ready).await }.into_iter();
+        waiting
+            .into_iter()
+            .map(|wait| match wait {
+                Some(reason) => Sent::Waiting(reason),
+                None => sent.next().expect("one outcome per item sent"),
+            })
+            .collect()
+    }
+
+    /// The server's id of a Wearlink resource, found by its Wearlink identifier; `None` when it
+    /// is not there (or the server could not say: the reference then waits).
+    async fn lookup(&self, (resource_type, id): &(String, String)) -> Option<String> {
+        let token = format!("{}|{id}", identifier_system());
+        let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        let answer = self.client.get(&format!("{resource_type}?identifier={encoded}&_count=2")).await.ok()?;
+        let entries = answer.body["entry"].as_array().filter(|_| answer.is_success())?;
+        match entries.as_slice() {
+            [one] => one["resource"]["id"].as_str().map(str::to_string),
+            _ => None,
+        }
+    }
+
     async fn send(&mut self, items: &[Item]) -> Vec<Sent> {
         if items.len() > self.size {
             return Box::pin(self.send_in_chunks(items)).await;
