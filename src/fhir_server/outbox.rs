@@ -539,12 +539,16 @@ impl<'a> Drain<'a> {
         let what = format!("PUT {}?identifier=…", item.resource_type);
         let status = answer.status;
         if answer.is_success() {
-            let server_id = answer
-                .body
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .or_else(|| answer.location.as_deref().and_then(|l| id_in_location(l, &item.resource_type)));
+            // Confirmed by the resource it answers or its Location; any other 2xx (a proxy's
+            // page) confirms nothing.
+            let echoed = answer.body["resourceType"] == item.resource_type.as_str();
+            let located = answer.location.as_deref().and_then(|l| id_in_location(l, &item.resource_type));
+            if !echoed && located.is_none() {
+                let error = format!("the FHIR server answered {status} to {what} without the resource or its Location");
+                return Sent::Unavailable { error, retry_after: None };
+            }
+            let server_id =
+                answer.body.get("id").and_then(Value::as_str).map(str::to_string).filter(|_| echoed).or(located);
             self.remember(item, server_id.as_deref());
             return Sent::Written(server_id);
         }
@@ -602,7 +606,22 @@ impl<'a> Drain<'a> {
 
     /// The outcome of each entry of a transaction-response or batch-response.
     fn entries(&mut self, items: &[Item], answer: &FhirResponse) -> Vec<Sent> {
+        // Only a response Bundle with one entry per request confirms anything: a 2xx from a
+        // proxy or login page, or a short answer, must not settle (delete) the rows.
+        let expected = format!("{}-response", self.mode.as_str());
         let entries = answer.body["entry"].as_array().cloned().unwrap_or_default();
+        if answer.body["resourceType"] != "Bundle"
+            || answer.body["type"] != expected.as_str()
+            || entries.len() != items.len()
+        {
+            let error = format!(
+                "the FHIR server answered {} to a {} Bundle without a {expected} of {} entries",
+                answer.status,
+                self.mode.as_str(),
+                items.len()
+            );
+            return unavailable_all(items.len(), error, None);
+        }
         let mut sent = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let entry = entries.get(i).cloned().unwrap_or(Value::Null);
@@ -694,11 +713,11 @@ fn outcome_text(body: &Value) -> String {
 /// The server refused the Bundle for its size (Medplum: "Transaction requires strict isolation
 /// but has too many entries"; others: 413, "too large", "maximum").
 fn is_size_refusal(status: u16, text: &str) -> bool {
-    status == 413
-        || (matches!(status, 400 | 422)
-            && ["too many entries", "too many", "too large", "maximum number", "exceeds"]
-                .iter()
-                .any(|w| text.contains(w)))
+    // Only words about the Bundle itself: a resource's own validation error ("string exceeds
+    // max length") must not shrink every Bundle of the project for good (review).
+    let about_bundle = ["entries", "bundle", "transaction"].iter().any(|w| text.contains(w));
+    let too_big = ["too many", "too large", "maximum number", "exceeds"].iter().any(|w| text.contains(w));
+    status == 413 || (matches!(status, 400 | 422) && about_bundle && too_big)
 }
 
 /// The server does not take transactions.
@@ -958,6 +977,7 @@ mod tests {
         assert!(is_size_refusal(400, medplum));
         assert!(is_size_refusal(413, ""));
         assert!(!is_size_refusal(400, "observation.status: missing required property"));
+        assert!(!is_size_refusal(400, "observation.code.text: string exceeds max length"), "a resource's own error");
         assert!(is_unsupported(400, "transaction bundles are not supported"));
         assert!(!is_unsupported(400, "too many entries"));
     }
