@@ -339,6 +339,8 @@ fn percentile_ms(samples: &mut [u32], p: f64) -> f64 {
 
 // ---- webhooks driver ----
 
+// The driver's settings, as the command line gives them.
+#[allow(clippy::too_many_arguments)]
 async fn drive_webhooks(
     url: String,
     token: String,
