@@ -263,7 +263,9 @@ for backend in $BACKENDS; do
   fi
   sed -E "s/\}$/, \"peak_rss_kib\": $hwm_end, \"server_cpu_s\": $cpu_end, \"machine_busy_cores\": $(busy_cores "$machine_before" "$machine_end"), \"backfill_outlasted_wrk\": $outlasted, \"provider_calls\": $calls, \"sync_concurrency\": \"${SYNC_CONCURRENCY:-default}\"}/" \
     "$WORK/$backend-progress.json" >"$RESULTS/$backend-sync.json"
-  sed 's/^/[bench]   /' "$RESULTS/$backend-during.json" "$RESULTS/$backend-sync.json" >&2
+  for shown in "$RESULTS/$backend-during.json" "$RESULTS/$backend-webhooks-during.json" "$RESULTS/$backend-sync.json"; do
+    if [[ -f $shown ]]; then sed 's/^/[bench]   /' "$shown" >&2; fi
+  done
   warnings=$(grep -c ' WARN ' "$WORK/$backend-sync-server.log" || true)
   if [[ $warnings -gt 0 ]]; then
     log "  $warnings warnings in the server's log, the first:"

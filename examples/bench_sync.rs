@@ -605,11 +605,15 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
         ));
         // Connect's throughput kept, the backfill's speed while the load ran, webhook acks.
         let kept = f(&during, "rps") / f(&alone, "rps");
-        let mut extra = format!(
-            "connect during the backfill kept {:.1} % of its alone throughput (goal ≥ 70 %: {})",
-            kept * 100.0,
-            verdict(kept >= 0.7)
-        );
+        let mut extra = if during.is_null() {
+            "no load during the backfill (BENCH_DURING empty): its speed alone".to_string()
+        } else {
+            format!(
+                "connect during the backfill kept {:.1} % of its alone throughput (goal ≥ 70 %: {})",
+                kept * 100.0,
+                verdict(kept >= 0.7)
+            )
+        };
         let under_load = read(&format!("{backend}-under-load.json"))?.unwrap_or(Value::Null);
         if let (Some(done), Some(at_ms)) = (under_load["activities"].as_f64(), under_load["at_ms"].as_f64()) {
             extra.push_str(&format!(
