@@ -32,6 +32,11 @@
 #   BENCH_OUT          bench/results       where the result files go
 #   BENCH_LABEL        unset               a note added to the commit in the results (e.g. "before")
 #   BENCH_DATA_DIR     a temporary folder  where the SQLite database lives (e.g. /dev/shm: no disk I/O)
+#   BENCH_SCENARIOS    "baseline connect callback webhooks"   which scenarios, in this order
+#   BENCH_ROUNDS       1                   rounds of the scenarios, alternating (baseline, connect,
+#                                          baseline, connect, …; each with its warm-up); each
+#                                          figure reported is the median of the rounds', every
+#                                          round kept in <backend>-<scenario>.rounds.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -205,10 +210,48 @@ for run in "${RUNS[@]}"; do
   CONNECT_BODY="{\"patientId\":\"${PATIENT_IDS%%,*}\",\"redirectUri\":\"https://app.example/connected\"}"
   printf '{"startup_and_seed_peak_rss_kib": %s}\n' "$(hwm_kib)" >"$RESULTS/$backend-server.json"
 
-  scenario "$backend" baseline baseline
-  scenario "$backend" connect connect
-  scenario "$backend" callback callback
-  scenario "$backend" webhooks webhooks
+  ROUNDS=${BENCH_ROUNDS:-1}
+  for round in $(seq "$ROUNDS"); do
+    for name in ${BENCH_SCENARIOS:-baseline connect callback webhooks}; do
+      scenario "$backend" "$name" "$name"
+      if [[ $ROUNDS -gt 1 ]]; then
+        mv "$RESULTS/$backend-$name.json" "$WORK/$backend-$name.r$round.json"
+        mv "$RESULTS/$backend-$name.server.json" "$WORK/$backend-$name.r$round.server.json"
+      fi
+    done
+  done
+  if [[ $ROUNDS -gt 1 ]]; then
+    # The median of each figure over the rounds (rps, p50, p99 separately; errors summed).
+    python3 - "$WORK" "$RESULTS" "$backend" "$ROUNDS" ${BENCH_SCENARIOS:-baseline connect callback webhooks} <<'PY'
+import json, statistics, sys
+work, results, backend, rounds, names = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
+for name in names:
+    runs = [json.load(open(f"{work}/{backend}-{name}.r{r}.json")) for r in range(1, rounds + 1)]
+    servers = [json.load(open(f"{work}/{backend}-{name}.r{r}.server.json")) for r in range(1, rounds + 1)]
+    median = dict(runs[0])
+    for key in ("rps", "p50_ms", "p99_ms", "max_ms", "requests", "seconds"):
+        if all(key in r for r in runs):
+            median[key] = statistics.median(r[key] for r in runs)
+    median["errors"] = sum(r.get("errors", 0) for r in runs)
+    median["rounds"] = rounds
+    json.dump(median, open(f"{results}/{backend}-{name}.json", "w"))
+    server = {k: statistics.median(s[k] for s in servers) for k in servers[0]}
+    json.dump(server, open(f"{results}/{backend}-{name}.server.json", "w"))
+    json.dump({"rounds": runs, "servers": servers}, open(f"{results}/{backend}-{name}.rounds.json", "w"))
+if "baseline" in names and "connect" in names:
+    ratios = []
+    for r in range(1, rounds + 1):
+        b = json.load(open(f"{work}/{backend}-baseline.r{r}.json"))
+        c = json.load(open(f"{work}/{backend}-connect.r{r}.json"))
+        ratios.append({"rps": c["rps"] / b["rps"], "p99": c["p99_ms"] / b["p99_ms"]})
+    summary = {"connect_rps_over_baseline": [round(x["rps"], 3) for x in ratios],
+               "connect_p99_over_baseline": [round(x["p99"], 2) for x in ratios],
+               "median_rps_ratio": round(statistics.median(x["rps"] for x in ratios), 3),
+               "median_p99_ratio": round(statistics.median(x["p99"] for x in ratios), 2)}
+    json.dump(summary, open(f"{results}/{backend}-rounds-summary.json", "w"))
+    print(f"[bench] {backend} connect / baseline per round: {summary}", file=sys.stderr)
+PY
+  fi
 
   stop "$SERVER_PID"
   SERVER_PID=""

@@ -10,8 +10,13 @@
 #             POST /v1/wearables/strava/connect (warm-up, then measured) → connect alone
 #   connect   the N patients get Strava connections (patient i = athlete i) → N backfill jobs queued
 #   phase 2   `wearlink serve` with the sync concurrency under test: the backfill starts at once;
-#             wrk on connect for BENCH_SECONDS from the server's start, while the script polls until
-#             all N × activities are synced (or BENCH_SYNC_TIMEOUT)
+#             wrk on connect for BENCH_SECONDS from the server's start, then (Strava) webhook
+#             deliveries for BENCH_SECONDS (examples/bench_load.rs webhooks --unknown-athlete: events
+#             of an athlete without a connection, every 10th a retry: acknowledged and stored
+#             `ignored`, so they add no sync work beside the backfill's), while the script polls until all N × activities are
+#             synced (or BENCH_SYNC_TIMEOUT); the activities synced by the end of that load are
+#             recorded (the backfill's speed under load)
+#   phase 3   (Strava) on the same server once the backfill is done: webhook deliveries alone
 # and records activities/s and FHIR resources/s (from the server's start to the last backfill job's
 # end), the server's peak RSS (VmHWM, reset once it is ready), connect's requests/s and p99 alone and
 # during the backfill. Results: bench/results/<date>-<commit>-sync.{json,md}.
@@ -36,6 +41,8 @@
 #   BENCH_PROVIDER         strava              dexcom: the Dexcom stand-in (an EGV every 5 minutes for
 #                                              BENCH_DAYS days per user; "activities" are then readings)
 #   BENCH_DAYS             30                  Dexcom: days of readings per user (288 a day)
+#   BENCH_DURING           "connect webhooks"  the load during the backfill, in this order ("connect",
+#                                              "webhooks": Strava only); "": the backfill alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +61,8 @@ BASE="http://127.0.0.1:$PORT"
 PROVIDER=${BENCH_PROVIDER:-strava}
 DAYS=${BENCH_DAYS:-30}
 EXPECTED=$((PATIENTS * ACTIVITIES))
+DURING=${BENCH_DURING-connect webhooks}
+if [[ ${BENCH_PROVIDER:-strava} != strava ]]; then DURING=${DURING//webhooks/}; fi
 if [[ $PROVIDER == dexcom ]]; then EXPECTED=$((PATIENTS * DAYS * 288)); fi
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -71,10 +80,11 @@ fi
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 if [[ -z ${BENCH_NO_BUILD:-} ]]; then
   log "building (release; CARGO_BUILD_JOBS limits the jobs)"
-  cargo build --release --quiet --bin wearlink --example bench_sync
+  cargo build --release --quiet --bin wearlink --example bench_sync --example bench_load
 fi
 BIN=$TARGET/release/wearlink
 HELPER=$TARGET/release/examples/bench_sync
+LOAD=$TARGET/release/examples/bench_load
 
 SERVER_PIN=() LOAD_PIN=() PINNING="not pinned: server, database, stand-in and wrk share all cores"
 if [[ -n ${BENCH_PIN:-} ]]; then
@@ -141,6 +151,11 @@ wrk_connect() { # seconds out-file
   BENCH_OUT=$2 BENCH_METHOD=POST BENCH_BODY=$CONNECT_BODY BENCH_TOKEN=$TOKEN \
     "${LOAD_PIN[@]}" wrk -t2 -c"$CONCURRENCY" -d"$1s" --timeout 5s -s bench/wrk.lua \
     "$BASE/v1/wearables/$PROVIDER/connect" >"$2.txt"
+}
+
+webhooks_run() { # seconds out-file
+  "${LOAD_PIN[@]}" "$LOAD" webhooks --url "$BASE" --token "$TOKEN" --project "$PROJECT" --database-url "$db_url" \
+    --concurrency "$CONCURRENCY" --seconds "$1" --unknown-athlete >"$2"
 }
 
 start_server() { # log-file [VAR=value ...]
@@ -212,7 +227,19 @@ for backend in $BACKENDS; do
   started_ms=$(now_ms)
   start_server "$WORK/$backend-sync-server.log" "${sync_env[@]}"
   reset_hwm
-  wrk_connect "$DURATION" "$RESULTS/$backend-during.json" &
+  (
+    for load in $DURING; do
+      case $load in
+        connect) wrk_connect "$DURATION" "$RESULTS/$backend-during.json" ;;
+        webhooks) webhooks_run "$DURATION" "$RESULTS/$backend-webhooks-during.json" ;;
+      esac
+    done
+    # How far the backfill got under the load (activities synced when it ended).
+    if [[ -n ${DURING// /} ]]; then
+      "$HELPER" progress --project "$PROJECT" 2>/dev/null \
+        | sed -E "s/\}$/, \"at_ms\": $(( $(now_ms) - started_ms ))}/" >"$RESULTS/$backend-under-load.json"
+    fi
+  ) &
   WRK_PID=$!
   "$HELPER" progress --project "$PROJECT" --expect "$EXPECTED" --timeout-s "$SYNC_TIMEOUT" \
     --since-ms "$started_ms" >"$WORK/$backend-progress.json"
@@ -227,9 +254,18 @@ for backend in $BACKENDS; do
   if kill -0 "$WRK_PID" 2>/dev/null; then outlasted=false; fi
   wait "$WRK_PID"
   WRK_PID=""
+  if [[ $DURING == *webhooks* ]]; then
+    # Phase 3: the webhook deliveries again once the backfill is done, on the same server.
+    log "$backend phase 3: webhook deliveries alone (${DURATION}s)"
+    sleep 2
+    webhooks_run "$DURATION" "$RESULTS/$backend-webhooks-alone.json"
+    sed 's/^/[bench]   /' "$RESULTS/$backend-webhooks-alone.json" >&2
+  fi
   sed -E "s/\}$/, \"peak_rss_kib\": $hwm_end, \"server_cpu_s\": $cpu_end, \"machine_busy_cores\": $(busy_cores "$machine_before" "$machine_end"), \"backfill_outlasted_wrk\": $outlasted, \"provider_calls\": $calls, \"sync_concurrency\": \"${SYNC_CONCURRENCY:-default}\"}/" \
     "$WORK/$backend-progress.json" >"$RESULTS/$backend-sync.json"
-  sed 's/^/[bench]   /' "$RESULTS/$backend-during.json" "$RESULTS/$backend-sync.json" >&2
+  for shown in "$RESULTS/$backend-during.json" "$RESULTS/$backend-webhooks-during.json" "$RESULTS/$backend-sync.json"; do
+    if [[ -f $shown ]]; then sed 's/^/[bench]   /' "$shown" >&2; fi
+  done
   warnings=$(grep -c ' WARN ' "$WORK/$backend-sync-server.log" || true)
   if [[ $warnings -gt 0 ]]; then
     log "  $warnings warnings in the server's log, the first:"

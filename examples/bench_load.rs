@@ -86,6 +86,10 @@ enum Command {
         duplicate_every: u64,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Events of an athlete no connection has (stored `ignored`, no job): the acknowledgement
+        /// alone, without the sync work the events would queue (bench/sync.sh, beside a backfill).
+        #[arg(long)]
+        unknown_athlete: bool,
     },
     /// Merge `<dir>/*.json` scenario results into `--json` and `--markdown`.
     Report {
@@ -116,7 +120,17 @@ fn main() -> anyhow::Result<()> {
             println!("{result}");
             Ok(())
         }
-        Command::Webhooks { url, token, project, database_url, concurrency, seconds, duplicate_every, threads } => {
+        Command::Webhooks {
+            url,
+            token,
+            project,
+            database_url,
+            concurrency,
+            seconds,
+            duplicate_every,
+            threads,
+            unknown_athlete,
+        } => {
             let result = runtime(threads)?.block_on(drive_webhooks(
                 url,
                 token,
@@ -125,6 +139,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 Duration::from_secs_f64(seconds),
                 duplicate_every,
+                unknown_athlete,
             ))?;
             println!("{result}");
             Ok(())
@@ -324,6 +339,8 @@ fn percentile_ms(samples: &mut [u32], p: f64) -> f64 {
 
 // ---- webhooks driver ----
 
+// The driver's settings, as the command line gives them.
+#[allow(clippy::too_many_arguments)]
 async fn drive_webhooks(
     url: String,
     token: String,
@@ -332,6 +349,7 @@ async fn drive_webhooks(
     concurrency: usize,
     duration: Duration,
     duplicate_every: u64,
+    unknown_athlete: bool,
 ) -> anyhow::Result<Value> {
     let http =
         reqwest::Client::builder().pool_max_idle_per_host(concurrency).timeout(Duration::from_secs(5)).build()?;
@@ -346,6 +364,9 @@ async fn drive_webhooks(
         .flatten()
         .filter_map(|c| c["remoteUserId"].as_str()?.parse().ok())
         .collect();
+    if unknown_athlete {
+        athletes = vec![u64::from(u32::MAX)]; // beyond every stand-in's athletes
+    }
     if athletes.is_empty() {
         athletes.push(1); // unknown: its events are stored as `ignored`
     }
@@ -515,6 +536,18 @@ fn report(dir: &std::path::Path, json_out: &std::path::Path, markdown_out: &std:
             }
             scenarios.insert(scenario.into(), result);
         }
+        // BENCH_ROUNDS > 1: the figures above are medians; the ratios of each round.
+        if let Ok(text) = std::fs::read_to_string(dir.join(format!("{backend}-rounds-summary.json"))) {
+            let summary: Value = serde_json::from_str(&text)?;
+            store_checks.push_str(&format!(
+                "- {backend}, connect / baseline in each round (alternating): requests/s {}, p99 {}; medians {} and {}\n",
+                summary["connect_rps_over_baseline"],
+                summary["connect_p99_over_baseline"],
+                summary["median_rps_ratio"],
+                summary["median_p99_ratio"],
+            ));
+            scenarios.insert("rounds".into(), summary);
+        }
         if !scenarios.is_empty() {
             if let Ok(text) = std::fs::read_to_string(dir.join(format!("{backend}-server.json"))) {
                 scenarios.insert("server".into(), serde_json::from_str(&text)?);
@@ -523,7 +556,7 @@ fn report(dir: &std::path::Path, json_out: &std::path::Path, markdown_out: &std:
         }
     }
     if !store_checks.is_empty() {
-        md.push_str("\nWebhook inbox after the measured run (warm-up excluded):\n\n");
+        md.push_str("\nWebhook inbox after the measured run (warm-up excluded) and rounds:\n\n");
         md.push_str(&store_checks);
     }
     md.push_str(

@@ -298,6 +298,8 @@ async fn stand_in(bind: String, addr_file: PathBuf, activities: u64) -> anyhow::
         .route("/oauth/token", post(token))
         .route("/api/v3/athlete/activities", get(list_activities))
         .route("/api/v3/activities/{id}", get(get_activity))
+        // bench/sync.sh's webhook phases create the push subscription (Strava answers its id).
+        .route("/api/v3/push_subscriptions", post(|| async { axum::Json(serde_json::json!({"id": 1})) }))
         .with_state(athletes);
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     anyhow::ensure!(listener.local_addr()?.ip().is_loopback(), "the stand-in listens on 127.0.0.1 only");
@@ -601,13 +603,53 @@ fn report(dir: &Path, json_out: &Path, markdown_out: &Path) -> anyhow::Result<()
                 ""
             },
         ));
+        // Connect's throughput kept, the backfill's speed while the load ran, webhook acks.
+        let kept = f(&during, "rps") / f(&alone, "rps");
+        let mut extra = if during.is_null() {
+            "no load during the backfill (BENCH_DURING empty): its speed alone".to_string()
+        } else {
+            format!(
+                "connect during the backfill kept {:.1} % of its alone throughput (goal ≥ 70 %: {})",
+                kept * 100.0,
+                verdict(kept >= 0.7)
+            )
+        };
+        let under_load = read(&format!("{backend}-under-load.json"))?.unwrap_or(Value::Null);
+        if let (Some(done), Some(at_ms)) = (under_load["activities"].as_f64(), under_load["at_ms"].as_f64()) {
+            extra.push_str(&format!(
+                "; the backfill under that load: {done:.0} activities in its first {:.1} s ({:.0}/s)",
+                at_ms / 1000.0,
+                done / (at_ms / 1000.0)
+            ));
+        }
+        let hooks_alone = read(&format!("{backend}-webhooks-alone.json"))?.unwrap_or(Value::Null);
+        let hooks_during = read(&format!("{backend}-webhooks-during.json"))?.unwrap_or(Value::Null);
+        if !hooks_during.is_null() {
+            let ratio = f(&hooks_during, "p99_ms") / f(&hooks_alone, "p99_ms");
+            extra.push_str(&format!(
+                "; webhook acks alone (after the backfill) {:.0}/s p99 {:.2} ms, during the backfill {:.0}/s p99 {:.2} ms: \
+                 p99 {ratio:.2}× alone (goal < 2×: {}); errors {} and {}, store checks {} and {}",
+                f(&hooks_alone, "rps"),
+                f(&hooks_alone, "p99_ms"),
+                f(&hooks_during, "rps"),
+                f(&hooks_during, "p99_ms"),
+                verdict(ratio < 2.0),
+                hooks_alone["errors"],
+                hooks_during["errors"],
+                hooks_alone["store_ok"],
+                hooks_during["store_ok"],
+            ));
+        }
+        goals.push_str(&format!("- {backend}: {extra}\n"));
         let mut alone_all = alone.clone();
         if let (Value::Object(a), Value::Object(s)) = (&mut alone_all, alone_server.clone()) {
             a.extend(s);
         }
         backends.insert(
             backend.into(),
-            json!({"sync": sync, "connect_alone": alone_all, "connect_during_backfill": during, "p99_ratio": p99_ratio}),
+            json!({"sync": sync, "connect_alone": alone_all, "connect_during_backfill": during, "p99_ratio": p99_ratio,
+                "connect_kept": kept, "under_load": under_load, "webhooks_alone": hooks_alone,
+                "webhooks_during_backfill": hooks_during}),
         );
     }
     md.push_str("\nGoals (issue): ≥ 1,000 activities/s on SQLite, ≥ 500/s on PostgreSQL, peak RSS < 128 MiB, connect's p99 during the backfill < 2× alone.\n\n");

@@ -148,6 +148,13 @@ impl Config {
         config.sync.concurrency = parse_var(&var, "WEARLINK_SYNC_CONCURRENCY", "8")?;
         config.sync.busy_rate = parse_var(&var, "WEARLINK_SYNC_BUSY_RATE", "25")?;
         config.sync.busy_requests = parse_var(&var, "WEARLINK_SYNC_BUSY_REQUESTS", "8")?;
+        config.sync.busy_share_percent = parse_var(&var, "WEARLINK_SYNC_BUSY_SHARE_PERCENT", "25")?;
+        if !(1..=100).contains(&config.sync.busy_share_percent) {
+            return Err(ConfigError::Invalid {
+                name: "WEARLINK_SYNC_BUSY_SHARE_PERCENT".into(),
+                reason: "must be 1-100".into(),
+            });
+        }
         config.sync.reconcile_every =
             Duration::from_secs(parse_var(&var, "WEARLINK_SYNC_RECONCILE_INTERVAL_SECS", "21600")?);
         config.sync.reconcile_window =

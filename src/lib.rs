@@ -58,6 +58,8 @@ pub struct Services {
     pub metrics: metrics::Metrics,
     /// Requests being served now: while there are any, background jobs start at a bounded pace.
     pub requests_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// While requests keep the instance busy, background work's share of the time.
+    pub work_budget: Arc<sync::WorkBudget>,
     /// The periodic passes of `spawn_every` (refresh, revocation, sweeps), so a stop can wait for them.
     passes: Passes,
 }
@@ -90,6 +92,12 @@ impl Services {
         let keyring = crypto::Keyring::from_encoded(&master_key, &config.previous_master_keys)?;
         let store = store::connect(&config.database_url, &config.pool).await?;
         let metrics = metrics::Metrics::new();
+        let requests_in_flight = Arc::default();
+        let work_budget = Arc::new(sync::WorkBudget::new(
+            config.sync.busy_share_percent,
+            config.sync.busy_requests,
+            Arc::clone(&requests_in_flight),
+        ));
         let services = Arc::new(Self {
             providers: providers::Registry::new(&config.provider_urls),
             http: providers::ProviderHttp::new(
@@ -106,7 +114,8 @@ impl Services {
             delivery_wake: tokio::sync::Notify::new(),
             sync_counters: sync::SyncCounters::default(),
             metrics,
-            requests_in_flight: Arc::default(),
+            requests_in_flight,
+            work_budget,
             passes: Passes::default(),
             keyring,
             store,

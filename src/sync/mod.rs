@@ -15,6 +15,7 @@ use crate::store::{Lease, WebhookEvent};
 use crate::Services;
 
 mod backfill;
+mod budget;
 mod cgm;
 mod events;
 mod session;
@@ -23,6 +24,7 @@ mod worker;
 mod writer;
 
 pub use backfill::{BACKFILL_DAYS_SETTING, DEFAULT_BACKFILL_DAYS, MAX_BACKFILL_DAYS};
+pub use budget::WorkBudget;
 pub use status::{request_resync, SyncView};
 pub use worker::{spawn_worker, Serving, Worker};
 
@@ -60,6 +62,9 @@ pub struct SyncPolicy {
     /// Requests in flight at once from which the instance counts as busy: a few requests now and
     /// then must not slow background work, or a steady trickle would starve the queue.
     pub busy_requests: usize,
+    /// While busy (see `busy_requests`), the share of the wall time background work may use, in
+    /// percent (`WorkBudget`); 100: no limit.
+    pub busy_share_percent: u32,
     /// How often the worker looks for due jobs when nothing woke it.
     pub poll: Duration,
     /// Per connection, how often the reconciliation pass runs (jittered ±10 %).
@@ -80,6 +85,7 @@ impl Default for SyncPolicy {
             concurrency: 8,
             busy_rate: 25,
             busy_requests: 8,
+            busy_share_percent: 25,
             poll: Duration::from_secs(1),
             reconcile_every: Duration::from_secs(6 * 3600),
             reconcile_window: Duration::from_secs(48 * 3600),
@@ -193,7 +199,7 @@ async fn run(services: Arc<Services>, job: Job, lease: Lease) {
             _ => backfill::run(&services, &job, lease.clone()).await,
         }
     };
-    let outcome = crate::store::in_background(work).await;
+    let outcome = crate::store::in_background(services.work_budget.metered(work)).await;
     match outcome {
         Ok(true) => {}
         Ok(false) => {

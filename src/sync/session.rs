@@ -121,6 +121,8 @@ impl<'s> Session<'s> {
     }
 
     async fn reserve(&self) -> Result<(), CallError> {
+        // Before each call: a safe point for background work to give way to requests.
+        self.services.work_budget.turn().await;
         let c = &self.connection;
         match self.services.store.reserve_call(&c.project_id, &c.provider, self.share_percent, now_ms()).await {
             Ok(Ok(())) => Ok(()),

@@ -12,6 +12,9 @@ use crate::Services;
 
 /// Resources written per transaction (about 20 activities with their Observations).
 const WRITE_CHUNK: usize = 120;
+/// While requests keep the instance busy: on SQLite a transaction holds the one writer that
+/// connect's writes wait for.
+const WRITE_CHUNK_BUSY: usize = 30;
 
 /// What a write did.
 #[derive(Clone, Debug, Default)]
@@ -45,12 +48,19 @@ async fn write_all(
 ) -> crate::Result<Written> {
     // Transactions of bounded size: on SQLite each holds the one writer, which requests wait for.
     let mut outcomes = Vec::with_capacity(writes.len());
-    for chunk in writes.chunks(WRITE_CHUNK) {
+    let budget = &services.work_budget;
+    let mut rest = &writes[..];
+    while !rest.is_empty() {
+        budget.turn().await;
+        let size = if budget.busy() { WRITE_CHUNK_BUSY } else { WRITE_CHUNK };
+        let (chunk, after) = rest.split_at(size.min(rest.len()));
+        rest = after;
         // Two writers of the same new resources (a webhook's fetch beside a backfill) conflict;
         // the one that lost writes again and finds them there.
         let mut tries = 0;
         let written = loop {
-            match services.store.write_resources(&source.project_id, chunk, now_ms(), Some(source)).await {
+            let write = services.store.write_resources(&source.project_id, chunk, now_ms(), Some(source));
+            match budget.charged(write).await {
                 Err(crate::store::StoreError::Conflict) if tries < 3 => tries += 1,
                 other => break other?,
             }
