@@ -578,8 +578,8 @@ async fn switching_a_project_with_data_copies_it_all_once_and_reports_progress(b
     let Some(partner) = partner(&[]).await else { return };
     let server = platform(&partner);
     let app = app(backend).await;
-    // Embedded first: the data is only in Wearlink.
-    let patient = shared_patient(&app, &server).await;
+    // Embedded first: the data, and for now the patient, only in Wearlink.
+    let patient = app.create_patient().await;
     let (endpoint, _) = connect_strava(&app, &patient, 3).await;
     settle(&app).await;
     assert_eq!(server.count("Endpoint").await, 0);
@@ -593,6 +593,12 @@ async fn switching_a_project_with_data_copies_it_all_once_and_reports_progress(b
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     point_at(&app, &partner.base).await;
+    // The copies would reference a patient the server does not have: refused, nothing moved.
+    let (status, body) = switch(&app, "server").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(&format!("Patient/{patient}")), "{body}");
+    assert_eq!(ok(app.get("/v1/project/fhir-store").await)["store"], "embedded");
+    server.patient(&patient).await;
     let view = ok(switch(&app, "server").await);
     let total = view["switch"]["total"].as_i64().unwrap();
     let procedures = stored(&app, &format!("Procedure?patient=Patient/{patient}")).await.len();

@@ -856,6 +856,7 @@ pub async fn switch(services: &Services, principal: &Principal, target: &str) ->
             }
             other => other,
         })?;
+        require_patients_on_server(services, &principal.project_id).await?;
     }
     let project_id = principal.project_id.clone();
     let switch_id = uuid::Uuid::new_v4().to_string();
@@ -876,6 +877,51 @@ pub async fn switch(services: &Services, principal: &Principal, target: &str) ->
             store_view(services, principal).await
         }
     }
+}
+
+/// The copy references each connection's patient as `Patient/{id}`, which must be the platform's
+/// own: a patient only Wearlink knows (made at `POST /fhir/R4/Patient`) would leave every copy of
+/// its data pointing nowhere. So the switch asks the server first (review finding).
+async fn require_patients_on_server(services: &Services, project_id: &str) -> Result<()> {
+    use futures::StreamExt;
+    let connections = services.store.list_connections(project_id, &Default::default()).await?;
+    let mut patients: Vec<String> = connections.into_iter().map(|c| c.patient_id).collect();
+    patients.sort();
+    patients.dedup();
+    let Some(client) = FhirClient::for_project(services, project_id).await? else {
+        return Err(FhirServerError::NotConfigured.into());
+    };
+    let lookups: Vec<(String, super::PatientLookup)> = futures::stream::iter(patients)
+        .map(|id| {
+            let client = &client;
+            async move {
+                let found = client.patient(&id).await;
+                (id, found)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut missing = Vec::new();
+    for (id, found) in lookups {
+        match found {
+            super::PatientLookup::Found(_) => {}
+            super::PatientLookup::NotFound => missing.push(id),
+            super::PatientLookup::Unavailable(reason) => return Err(FhirServerError::Unreachable(reason).into()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    let shown: Vec<String> = missing.iter().take(10).map(|id| format!("Patient/{id}")).collect();
+    Err(Error::Invalid(format!(
+        "{} of the project's patients are not on its FHIR server ({}{}): the copies would reference them; \
+         create them there under the same ids first",
+        missing.len(),
+        shown.join(", "),
+        if missing.len() > shown.len() { ", …" } else { "" }
+    )))
 }
 
 /// `GET /v1/fhir-outbox`: the project's rows of one state (`dead` by default, or `pending`),
