@@ -1,4 +1,4 @@
-//! The small internal client the later slices write through: FHIR JSON to and from the project's
+//! The small internal client that connect's patient check, the switch and the outbox use: FHIR JSON to and from the project's
 //! server, with the project's token (cached) and one new token when the server answers 401.
 //!
 //! Requests go out on `Services::outbound_http`, the client of outbound webhooks: no redirects
@@ -32,7 +32,7 @@ impl FhirResponse {
     }
 }
 
-/// Whether a Patient exists on the server (connect's check, next slice).
+/// Whether a Patient exists on the server (connect's and the switch's check).
 #[derive(Clone, Debug, PartialEq)]
 pub enum PatientLookup {
     Found(Value),

@@ -1,9 +1,10 @@
-//! The platform's own FHIR server, per project (issue 20, part 1: pointing a project at it).
+//! The platform's own FHIR server, per project: its configuration and checks, and where the
+//! project keeps its patients and data (`is_server_mode`, `require_patient`, `require_embedded_store`).
 //!
 //! A project names its server with settings and secrets (`FHIR_SERVER_*`, below); Wearlink checks
 //! the server when they are set (its `CapabilityStatement`, then the credentials: a token request
 //! and an authenticated read), keeps a token per project until shortly before it expires, and
-//! offers the later slices a small client ([`client::FhirClient`]) that sends FHIR JSON with that
+//! offers a small client ([`client::FhirClient`]) that sends FHIR JSON with that
 //! token and fetches a new one once when the server answers 401.
 //!
 //! Writing there (parts 2–4) is `outbox.rs`: a project switched to `server` mode gets every new
